@@ -1,0 +1,67 @@
+"""The ``seo-dist`` command: a thin dispatcher; each subcommand lives with the component it serves.
+
+Every subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``. A
+:class:`~seo_dist.errors.UserError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from seo_dist.errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("seo_dist.train", "train a model from a YAML config (same as python -m seo_dist.train)"),
+    "verify": ("seo_dist.checkpoint.commands.verify", "re-hash a checkpoint folder; exit 0 valid, 1 invalid"),
+    "ls": ("seo_dist.checkpoint.commands.ls", "list an experiment's committed checkpoints"),
+    "consolidate": ("seo_dist.checkpoint.commands.consolidate", "ZeRO shards -> a Hugging Face model folder"),
+    "runs": ("seo_dist.tracking.commands.runs", "table of the experiments under a base directory"),
+    "report": ("seo_dist.tracking.commands.report", "plots and a summary of one experiment"),
+    "compare": ("seo_dist.tracking.commands.compare", "overlay loss curves and list differing config keys"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too; keep it short)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="seo-dist", description="seo_dist: distributed training for the SEO engine")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and module_name.startswith(e.name):
+                p.set_defaults(_missing=module_name)
+                continue
+            raise
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from seo_dist import dist
+
+    argv = dist.strip_local_rank_arg(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_missing", None):
+        sys.stderr.write(f"seo-dist {args.command}: not available in this build ({args._missing} missing)\n")
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        sys.stderr.write(f"seo-dist {args.command}: error: {e}\n")
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

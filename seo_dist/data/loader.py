@@ -1,0 +1,92 @@
+"""Packed token blocks and a rank-sharded, resumable micro-batch loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seo_dist.data.corpus import format_record
+
+
+def pack_blocks(records: list[dict], tokenizer, seq_len: int) -> torch.Tensor:
+    """Tokenize, concatenate and cut into ``[num_blocks, seq_len]`` int64 blocks (the tail is dropped)."""
+    ids = tokenizer([format_record(r) for r in records], add_special_tokens=False)["input_ids"]
+    flat = torch.tensor([t for seq in ids for t in seq], dtype=torch.long)
+    n = flat.numel() // seq_len
+    return flat[: n * seq_len].view(n, seq_len)
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    position: int = 0
+    """Micro-batches already consumed in ``epoch`` by this rank."""
+
+
+class ShardedLoader:
+    """Infinite micro-batch stream over this rank's share of the blocks.
+
+    Every epoch draws a permutation from ``seed + epoch`` (identical on all ranks); rank ``r`` takes
+    every ``world_size``-th block starting at ``r``, so ranks never see the same block in one epoch.
+    ``state_dict()``/``load_state_dict()`` make the stream resume exactly where it stopped.
+    """
+
+    def __init__(self, blocks: torch.Tensor, micro_batch_size: int, rank: int, world_size: int, seed: int,
+                 shuffle: bool = True) -> None:
+        per_rank = blocks.shape[0] // world_size
+        self.batches_per_epoch = per_rank // micro_batch_size
+        if self.batches_per_epoch < 1:
+            raise ValueError(
+                f"{blocks.shape[0]} blocks cannot feed {world_size} rank(s) x micro_batch_size {micro_batch_size}; "
+                "use a smaller train.micro_batch_size or train.seq_len"
+            )
+        self.blocks = blocks
+        self.micro_batch_size = micro_batch_size
+        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.state = LoaderState()
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        n = self.blocks.shape[0]
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = torch.arange(n)
+        return order[self.rank :: self.world_size][: self.batches_per_epoch * self.micro_batch_size]
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        if self.state.position >= self.batches_per_epoch:
+            self.state = LoaderState(epoch=self.state.epoch + 1, position=0)
+            self._order = self._epoch_order(self.state.epoch)
+        start = self.state.position * self.micro_batch_size
+        idx = self._order[start : start + self.micro_batch_size]
+        self.state.position += 1
+        input_ids = self.blocks[idx]
+        return {"input_ids": input_ids, "labels": input_ids}
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.state.epoch, "position": self.state.position, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.state = LoaderState(epoch=int(state["epoch"]), position=int(state["position"]))
+        self._order = self._epoch_order(self.state.epoch)
+
+
+def validation_batches(blocks: torch.Tensor, micro_batch_size: int, rank: int, world_size: int, max_batches: int):
+    """This rank's fixed validation micro-batches (same every evaluation); ``max_batches=0`` means all."""
+    mine = blocks[rank::world_size]
+    n = (blocks.shape[0] // world_size) // micro_batch_size  # equal on every rank (ZeRO-3 forwards are collective)
+    if max_batches:
+        n = min(n, max_batches)
+    for i in range(n):
+        chunk = mine[i * micro_batch_size : (i + 1) * micro_batch_size]
+        yield {"input_ids": chunk, "labels": chunk}

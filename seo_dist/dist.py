@@ -1,0 +1,195 @@
+"""Distributed plumbing: the only module that reads the launcher's rank variables.
+
+Works the same under ``torchrun`` (single or multi node), the ``deepspeed`` launcher
+(which appends ``--local_rank=N`` to the command line) and a plain ``python`` process,
+where world size 1 runs with no process group at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import torch
+import torch.distributed as tdist
+
+T = TypeVar("T")
+
+_LOCAL_RANK_FROM_ARGV: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    launcher: str
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+
+def strip_local_rank_arg(argv: list[str]) -> list[str]:
+    """Remove ``--local_rank=N`` / ``--local-rank N`` (appended by the deepspeed launcher).
+
+    The value is remembered and used when ``LOCAL_RANK`` is not in the environment.
+    """
+    global _LOCAL_RANK_FROM_ARGV
+    out: list[str] = []
+    skip_next = False
+    for i, arg in enumerate(argv):
+        if skip_next:
+            skip_next = False
+            continue
+        for flag in ("--local_rank", "--local-rank"):
+            if arg == flag and i + 1 < len(argv):
+                _LOCAL_RANK_FROM_ARGV = int(argv[i + 1])
+                skip_next = True
+                break
+            if arg.startswith(flag + "="):
+                _LOCAL_RANK_FROM_ARGV = int(arg.split("=", 1)[1])
+                break
+        else:
+            out.append(arg)
+    return out
+
+
+def _detect_launcher() -> str:
+    env = os.environ
+    if "CROSS_RANK" in env or _LOCAL_RANK_FROM_ARGV is not None:
+        return "deepspeed"
+    if "TORCHELASTIC_RUN_ID" in env:
+        return "torchrun"
+    if "SLURM_PROCID" in env and "RANK" in env:
+        return "slurm"
+    if "RANK" in env:
+        return "env"
+    return "none"
+
+
+def get_dist_info() -> DistInfo:
+    """Rank, local rank and world size from the launcher's environment (defaults: one process)."""
+    env = os.environ
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    rank = int(env.get("RANK", "0"))
+    local_rank_default = _LOCAL_RANK_FROM_ARGV if _LOCAL_RANK_FROM_ARGV is not None else 0
+    local_rank = int(env.get("LOCAL_RANK", str(local_rank_default)))
+    local_world_size = int(env.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return DistInfo(rank, local_rank, world_size, local_world_size, _detect_launcher())
+
+
+def is_initialized() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
+def get_rank() -> int:
+    return tdist.get_rank() if is_initialized() else get_dist_info().rank
+
+
+def get_world_size() -> int:
+    return tdist.get_world_size() if is_initialized() else get_dist_info().world_size
+
+
+def is_rank_zero() -> bool:
+    return get_rank() == 0
+
+
+def get_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` where CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", get_dist_info().local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(timeout_s: float = 600.0) -> DistInfo:
+    """Initialise the default process group (nccl on CUDA, gloo on CPU) when world size > 1.
+
+    World size 1 creates no process group; every helper below then acts locally.
+    """
+    info = get_dist_info()
+    if info.world_size > 1 and not is_initialized():
+        device = get_device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return info
+
+
+def cleanup() -> None:
+    if is_initialized():
+        tdist.destroy_process_group()
+
+
+def barrier(group: Any = None) -> None:
+    if is_initialized():
+        tdist.barrier(group=group)
+
+
+def new_gloo_group() -> Any:
+    """A separate gloo group (for work that must not share the training group), or None at world size 1."""
+    if not is_initialized():
+        return None
+    return tdist.new_group(backend="gloo")
+
+
+def broadcast_object(obj: T, src: int = 0, group: Any = None) -> T:
+    """Rank ``src``'s value of ``obj`` on every rank."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
+
+
+def all_gather_object(obj: T, group: Any = None) -> list[T]:
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * tdist.get_world_size(group)
+    tdist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum a short list of floats over all ranks (float64 on the CPU/GPU device)."""
+    if not is_initialized():
+        return list(values)
+    device = get_device() if tdist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.all_reduce(t)
+    return t.tolist()
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def rank_zero_only(fn: Callable[..., T]) -> Callable[..., T | None]:
+    """Run ``fn`` on global rank 0 only; other ranks get None."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T | None:
+        if is_rank_zero():
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapper
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    if is_rank_zero():
+        kwargs.setdefault("file", sys.stdout)
+        print(*args, **kwargs, flush=True)

@@ -1,0 +1,72 @@
+"""``deepspeed.initialize`` from the job config: ZeRO 0-3, bf16 where the hardware has it."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from seo_dist.config import TrainConfig
+from seo_dist.errors import ConfigError
+
+_NO_DECAY = ("bias", "norm", "ln_", "layernorm", "wpe", "wte", "embed")
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings (the usual LM recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if any(k in name.lower() for k in _NO_DECAY) or p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
+    if train.warmup_steps and step < train.warmup_steps:
+        return (step + 1) / train.warmup_steps
+    span = max(1, train.max_steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / span)
+    return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
+
+
+def check_precision(ds: dict[str, Any], device: torch.device) -> None:
+    if ds.get("fp16", {}).get("enabled") and device.type == "cpu":
+        raise ConfigError("deepspeed.fp16.enabled is not supported on the CPU; use bf16 (deepspeed.bf16.enabled=true) or fp32")
+
+
+def build_deepspeed_engine(model: torch.nn.Module, train: TrainConfig, ds_config: dict[str, Any]) -> tuple[Any, Any]:
+    """The DeepSpeed engine and its LR scheduler.
+
+    The optimizer and scheduler come from ``train`` unless the DeepSpeed section names its own
+    (``optimizer`` / ``scheduler`` keys, e.g. DeepSpeedCPUAdam for CPU offload). Either way the
+    scheduler is stepped by DeepSpeed at each gradient-accumulation boundary and saved in its checkpoint.
+    """
+    import deepspeed
+
+    ds_config = copy.deepcopy(ds_config)
+    optimizer = None if "optimizer" in ds_config else build_optimizer(model, train)
+    if "optimizer" in ds_config:
+        ds_config["optimizer"].setdefault("params", {}).setdefault("lr", train.lr)
+    scheduler: Any = None
+    if "scheduler" not in ds_config:
+        if optimizer is not None:
+            scheduler = build_scheduler(optimizer, train)
+        else:  # DeepSpeed builds the optimizer: hand it a callable that builds our schedule on it
+            scheduler = lambda opt: build_scheduler(opt, train)  # noqa: E731
+    engine, _, _, lr_scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        model_parameters=None if optimizer is not None else [p for p in model.parameters() if p.requires_grad],
+        lr_scheduler=scheduler,
+        config=ds_config,
+    )
+    return engine, lr_scheduler

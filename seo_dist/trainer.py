@@ -1,0 +1,270 @@
+"""SEOTrainer: wires data, model, DeepSpeed engine, tracking, checkpointing and profiling.
+
+The loop itself stays short; every concern lives in its own component. Collectives happen at
+fixed points that every rank reaches together: one small all-reduce per micro-step (global loss,
+non-finite check and the stop flag), validation, checkpoint saves and the profiler's log-interval
+gather.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seo_dist import dist
+from seo_dist.config import JobConfig, resolve_deepspeed
+from seo_dist.engine.deepspeed_engine import check_precision
+from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
+from seo_dist.errors import ConfigError, UserError
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf and ``train.on_nan`` is ``stop``."""
+
+
+@dataclass
+class TrainResult:
+    status: str
+    step: int
+    exp_dir: Path | None
+    initial_val_loss: float | None = None
+    final_val_loss: float | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop agrees on it across ranks and stops at a step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class SEOTrainer:
+    """Train the configured causal LM; ``train()`` returns a :class:`TrainResult` on every rank.
+
+    ``resume`` is an experiment directory (continue from its latest valid checkpoint) or one
+    checkpoint folder inside it.
+    """
+
+    def __init__(self, job: JobConfig, *, resume: str | Path | None = None) -> None:
+        self.job = job
+        self.resume = Path(resume) if resume is not None else None
+        self.step = 0
+        self.tokens_seen = 0
+        self.tracker: Any = None
+        self.checkpoints: Any = None
+        self.profiler: Any = None
+        self.engine: Any = None
+        self._stop = _StopFlag()
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup_tokenizer(self) -> None:
+        self.corpus = load_corpus(self.job.data.corpus)
+        self.tokenizer = get_tokenizer(self.corpus, self.job.data.vocab_size, self.job.data.tokenizer)
+
+    def _setup_data(self, info: dist.DistInfo) -> None:
+        job = self.job
+        train_records, val_records = split_records(self.corpus.records, job.data.val_fraction)
+        seq_len, mb = job.train.seq_len, job.train.micro_batch_size
+        self.train_blocks = pack_blocks(train_records, self.tokenizer, seq_len)
+        self.val_blocks = pack_blocks(val_records, self.tokenizer, seq_len)
+        try:
+            self.loader = ShardedLoader(self.train_blocks, mb, info.rank, info.world_size, job.train.seed)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.val_blocks.shape[0] // info.world_size < mb:
+            raise ConfigError(f"the validation split has {self.val_blocks.shape[0]} blocks, too few for "
+                              f"{info.world_size} rank(s) x train.micro_batch_size={mb}; raise data.val_fraction")
+
+    def _build_model(self) -> None:
+        from seo_dist.model import build_model
+
+        torch.manual_seed(self.job.train.seed)  # identical initial weights on every rank
+        self.model = build_model(self.job.model, self.tokenizer, self.job.train.seq_len)
+        self.hf_config = self.model.config
+
+    def _build_engine(self) -> None:
+        from seo_dist.engine import build_deepspeed_engine
+
+        self.engine, self.lr_scheduler = build_deepspeed_engine(self.model, self.job.train, self.ds_config)
+        self.model = None  # the engine owns it now
+
+    def _start_tracking(self) -> Path | None:
+        from seo_dist.tracking import ExperimentTracker
+
+        exp_cfg = self.job.experiment
+        resume_dir = self._resume_experiment_dir()
+        if resume_dir is not None:
+            exp_cfg.base_dir, exp_cfg.experiment_id = str(resume_dir.parent), resume_dir.name
+        self.tracker = ExperimentTracker(exp_cfg, code_profiler=None, job_config=self.job)
+        return self.tracker.start_experiment(resume=resume_dir is not None)
+
+    def _resume_experiment_dir(self) -> Path | None:
+        if self.resume is None:
+            return None
+        if not self.resume.exists():
+            raise UserError(f"--resume {str(self.resume)!r} does not exist; give an experiment directory or a checkpoint folder")
+        if (self.resume / "metadata.json").is_file() or (self.resume / "checkpoints").is_dir():
+            return self.resume
+        if self.resume.parent.name == "checkpoints":
+            return self.resume.parent.parent
+        raise UserError(f"--resume {str(self.resume)!r} is neither an experiment directory nor a checkpoint folder")
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> TrainResult:
+        job = self.job
+        info = dist.init_distributed()
+        # Everything that can reject the user's input runs before anything is written to disk.
+        self.ds_config = resolve_deepspeed(job, info.world_size)
+        check_precision(self.ds_config, dist.get_device())
+        self._setup_tokenizer()
+        self._build_model()
+        self._setup_data(info)
+        exp_dir = self._start_tracking()
+        self._stop.install()
+        result = TrainResult(status="running", step=0, exp_dir=exp_dir)
+        try:
+            self._build_engine()
+            seed_everything(job.train.seed + info.rank)
+            self._train_loop(info, result)
+            result.status = "interrupted" if self._stop.signum is not None else "completed"
+            self.tracker.end_experiment(result.status)
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            result.status = status
+            if self.tracker is not None:
+                self.tracker.end_experiment(status, error=e)
+            raise
+        finally:
+            self._stop.restore()
+        result.step = self.step
+        return result
+
+    def _train_loop(self, info: dist.DistInfo, result: TrainResult) -> None:
+        from tqdm import tqdm
+
+        job, engine, t = self.job, self.engine, self.job.train
+        tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * info.world_size
+        result.initial_val_loss = self.evaluate()
+        self._log({"val/loss": result.initial_val_loss}, result)
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress_bar and info.is_rank_zero),
+                   desc="train", dynamic_ncols=True, mininterval=1.0)
+        engine.train()
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        while self.step < t.max_steps:
+            loss, stop = self._train_step()
+            self.step += 1
+            self.tokens_seen += tokens_per_step
+            window_loss, window_steps = window_loss + loss, window_steps + 1
+            if self.step % t.log_interval == 0 or self.step == t.max_steps or stop:
+                elapsed = time.perf_counter() - window_start
+                tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
+                metrics = {"train/loss": window_loss / window_steps, "train/lr": self.lr_scheduler.get_last_lr()[0],
+                           "train/tokens_seen": float(self.tokens_seen), "perf/tokens_per_s": tok_s}
+                self._log(metrics, result)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            bar.update(1)
+            if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.max_steps:
+                self._log({"val/loss": self.evaluate()}, result)
+            if stop:
+                break
+        bar.close()
+        result.final_val_loss = self.evaluate()
+        self._log({"val/loss": result.final_val_loss}, result)
+
+    def _train_step(self) -> tuple[float, bool]:
+        """One optimizer step (``grad_accum`` micro-batches); returns (global mean loss, stop requested)."""
+        engine, t = self.engine, self.job.train
+        total, micro = 0.0, 0
+        stop = False
+        while micro < t.grad_accum:
+            batch = {k: v.to(engine.device) for k, v in self.loader.next_batch().items()}
+            loss = engine(**batch).loss
+            local = loss.detach().float().item()
+            # global sum of losses, number of non-finite ranks, number of ranks asked to stop
+            loss_sum, bad, stops = dist.all_reduce_sum([local if math.isfinite(local) else 0.0,
+                                                        0.0 if math.isfinite(local) else 1.0,
+                                                        1.0 if self._stop.signum is not None else 0.0])
+            stop = stop or stops > 0
+            if bad:
+                self._on_non_finite(local)
+                continue  # 'skip': drop this micro-batch on every rank (no backward, no step)
+            engine.backward(loss)
+            engine.step()
+            total += loss_sum / dist.get_world_size()
+            micro += 1
+        return total / t.grad_accum, stop
+
+    def _on_non_finite(self, local_loss: float) -> None:
+        self.tracker.log_event("non_finite_loss", step=self.step, local_loss=str(local_loss), policy=self.job.train.on_nan)
+        if self.job.train.on_nan == "stop":
+            raise NonFiniteLossError(f"loss became non-finite at step {self.step} (train.on_nan=stop)")
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over all ranks (every rank runs the same number of batches)."""
+        info = dist.get_dist_info()
+        engine, t = self.engine, self.job.train
+        was_training = engine.training
+        engine.eval()
+        total, count = 0.0, 0
+        for batch in validation_batches(self.val_blocks, t.micro_batch_size, info.rank, info.world_size, t.eval_batches):
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            total += engine(**batch).loss.float().item()
+            count += 1
+        if was_training:
+            engine.train()
+        total, count = dist.all_reduce_sum([total, float(count)])
+        return total / count
+
+    def _log(self, metrics: dict[str, float], result: TrainResult) -> None:
+        result.history.append({"step": self.step, **metrics})
+        self.tracker.log_metrics(metrics, step=self.step, epoch=self.loader.epoch)
+

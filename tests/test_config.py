@@ -1,0 +1,133 @@
+"""Configuration: every shipped config parses; bad input gets one line, exit 2, nothing on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+from conftest import CONFIGS, PYTHON, REPO, job_env
+
+from seo_dist.config import build_config, load_config, resolve_deepspeed, zero_stage
+from seo_dist.errors import ConfigError
+from seo_dist.train import main as train_main
+
+SHIPPED = sorted(CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    job = load_config(path)
+    ds = resolve_deepspeed(job, world_size=8)
+    assert ds["train_batch_size"] == job.train.micro_batch_size * job.train.grad_accum * 8
+    assert zero_stage(job) in (1, 2, 3)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "deepspeed").glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_deepspeed_json_is_valid(path):
+    job = build_config({"deepspeed": json.loads(path.read_text())})
+    assert zero_stage(job) == json.loads(path.read_text())["zero_optimization"]["stage"]
+
+
+def test_overrides_reach_into_deepspeed_and_parse_yaml_scalars():
+    job = load_config(CONFIGS / "tiny_cpu.yaml", ["deepspeed.zero_optimization.stage=3", "train.lr=3e-4",
+                                                   "checkpoint.async_save=false", "model.config.n_layer=3"])
+    assert zero_stage(job) == 3
+    assert job.train.lr == pytest.approx(3e-4)
+    assert job.checkpoint.async_save is False
+    assert job.model.config["n_layer"] == 3
+
+
+def test_batch_sizes_are_derived_and_mismatch_is_an_error():
+    job = build_config({"train": {"micro_batch_size": 4, "grad_accum": 2}})
+    ds = resolve_deepspeed(job, world_size=2)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2, 16)
+    bad = build_config({"train": {"micro_batch_size": 4}, "deepspeed": {"train_batch_size": 12}})
+    with pytest.raises(ConfigError, match="train_batch_size=12 does not match"):
+        resolve_deepspeed(bad, world_size=2)
+
+
+def test_config_hash_ignores_identity_and_tracks_results():
+    base = build_config({})
+    assert base.config_hash() == build_config({"experiment": {"experiment_id": "x", "base_dir": "/elsewhere"}}).config_hash()
+    for override in ("train.lr=0.1", "train.seed=7", "deepspeed.zero_optimization.stage=3", "model.config.n_layer=3"):
+        assert build_config({}, [override]).config_hash() != base.config_hash(), override
+
+
+BAD_INPUTS = {
+    "unknown section": (["--set", "trian.lr=1"], "unknown config key 'trian'"),
+    "unknown key": (["--set", "train.lrr=1"], "did you mean 'train.lr'"),
+    "typo in model config": (["--set", "model.config.n_layr=2"], "did you mean 'model.config.n_layer'"),
+    "typo in deepspeed section": (["--set", "deepspeed.zero_optimisation.stage=1"], "did you mean 'deepspeed.zero_optimization'"),
+    "typo inside zero_optimization": (["--set", "deepspeed.zero_optimization.stgae=1"], "deepspeed.zero_optimization.stgae"),
+    "wrong type": (["--set", "train.max_steps=many"], "train.max_steps: expected int"),
+    "zero stage 7": (["--set", "deepspeed.zero_optimization.stage=7"], "stage must be 0, 1, 2 or 3, got 7"),
+    "negative size": (["--set", "train.micro_batch_size=-4"], "train.micro_batch_size must be >= 1"),
+    "batch mismatch": (["--set", "deepspeed.train_batch_size=999"], "train_batch_size=999 does not match"),
+    "fp16 on cpu": (["--set", "deepspeed.fp16.enabled=true"], "fp16.enabled is not supported on the CPU"),
+    "seq_len over model limit": (["--set", "train.seq_len=4096"], "exceeds the model's n_positions"),
+    "keep_last below 2": (["--set", "checkpoint.keep_last=1"], "checkpoint.keep_last must be >= 2"),
+    "bad override syntax": (["--set", "train.lr"], "expected KEY=VALUE"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_nothing_written(name, tmp_path, capsys, monkeypatch):
+    args, expected = BAD_INPUTS[name]
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "experiments"
+    rc = train_main(["--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", f"experiment.base_dir={base}", *args[1:]]
+                    if args[0] == "--set" else ["--config", str(CONFIGS / "tiny_cpu.yaml"), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert expected in err, err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert not base.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_missing_and_unparsable_config_files(tmp_path, capsys):
+    assert train_main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  lr: [1,\n")
+    assert train_main(["--config", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml" in err and len(err.strip().splitlines()) == 1
+    assert train_main(["--config", str(CONFIGS / "tiny_cpu.yaml"), "--resume", str(tmp_path / "no_such_exp")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml"]
+
+
+def test_cli_subprocess_reports_one_line_without_traceback(tmp_path, cache_dir):
+    """The real console script, in a fresh process: exit 2, one line on stderr, nothing created."""
+    proc = subprocess.run([str(REPO / ".venv/bin/seo-dist") if (REPO / ".venv/bin/seo-dist").exists() else "seo-dist",
+                           "train", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", "train.lrr=1"],
+                          cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "WARNING" not in ln and "warn" not in ln.lower()]
+    assert lines == ["seo-dist train: error: unknown config key 'train.lrr' (did you mean 'train.lr'?) (in "
+                     f"{CONFIGS / 'tiny_cpu.yaml'})"], proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_yaml_reference_in_readme_names_every_key():
+    """README's config reference lists every key of every section (kept honest by this test)."""
+    readme = (REPO / "README.md").read_text()
+    job = build_config({})
+    for section, values in job.to_dict().items():
+        if section == "deepspeed":
+            continue
+        for key in values:
+            assert f"`{section}.{key}`" in readme, f"README config reference misses {section}.{key}"
+
+
+def test_python_module_entry_accepts_local_rank_argument(tmp_path, cache_dir):
+    """The deepspeed launcher appends --local_rank=N; it must not be an 'unrecognized argument'."""
+    proc = subprocess.run([PYTHON, "-m", "seo_dist.train", "--local_rank=0", "--config", str(tmp_path / "x.yaml")],
+                          cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "x.yaml' does not exist" in proc.stderr
+    assert "unrecognized" not in proc.stderr
+    assert yaml.safe_load("a: 1") == {"a": 1}

@@ -1,0 +1,108 @@
+"""Real training runs: DeepSpeed ZeRO 1/2/3 on 1 and 2 CPU ranks (gloo), three launchers.
+
+Each run is a subprocess; the session-scoped fixtures are shared with other test modules that
+inspect the same experiment directories.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from conftest import CONFIGS, FAST, PYTHON, BIN, free_port, job_env, read_jsonl, run_job, JobRun
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory, cache_dir) -> JobRun:
+    """The README's default job, unchanged but for where it writes: 2 ranks, ZeRO-2, torchrun."""
+    tmp = tmp_path_factory.mktemp("default_run")
+    start = time.perf_counter()
+    run = run_job(tmp, cache_dir, launcher="torchrun", nproc=2, name="default", timeout=600)
+    run.wall_s = time.perf_counter() - start
+    assert run.proc.returncode == 0, run.output[-6000:]
+    return run
+
+
+def _single_rank_run(tmp_path_factory, cache_dir, stage: int) -> JobRun:
+    tmp = tmp_path_factory.mktemp(f"one_rank_z{stage}")
+    run = run_job(tmp, cache_dir, launcher="python", nproc=1, name=f"z{stage}",
+                  overrides=[*FAST, f"deepspeed.zero_optimization.stage={stage}"])
+    assert run.proc.returncode == 0, run.output[-6000:]
+    return run
+
+
+@pytest.fixture(scope="session", params=[1, 2, 3], ids=lambda s: f"zero{s}")
+def one_rank_run(request, tmp_path_factory, cache_dir) -> JobRun:
+    return _single_rank_run(tmp_path_factory, cache_dir, request.param)
+
+
+@pytest.fixture(scope="session")
+def deepspeed_launcher_run(tmp_path_factory, cache_dir) -> JobRun:
+    """2 ranks, ZeRO-3, started by the deepspeed launcher (which appends --local_rank=N)."""
+    tmp = tmp_path_factory.mktemp("ds_launcher")
+    run = run_job(tmp, cache_dir, launcher="deepspeed", nproc=2, name="dslaunch",
+                  overrides=[*FAST, "deepspeed.zero_optimization.stage=3"])
+    assert run.proc.returncode == 0, run.output[-6000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def two_node_run(tmp_path_factory, cache_dir) -> JobRun:
+    """Two torchrun 'nodes' on loopback (c10d rendezvous), one rank each, ZeRO-1: one world of size 2."""
+    tmp = tmp_path_factory.mktemp("two_nodes")
+    base = tmp / "experiments"
+    endpoint = f"127.0.0.1:{free_port()}"
+    cmd = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", endpoint, "--rdzv-id", "seo_dist_test", "-m", "seo_dist.train",
+           "--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", f"experiment.base_dir={base}",
+           "experiment.experiment_id=nodes", *FAST, "deepspeed.zero_optimization.stage=1"]
+    env = job_env(cache_dir)
+    nodes = [subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    for p, (out, err) in zip(nodes, outs):
+        assert p.returncode == 0, (out + err)[-6000:]
+    proc = subprocess.CompletedProcess(cmd, 0, "".join(o for o, _ in outs), "".join(e for _, e in outs))
+    return JobRun(proc=proc, base_dir=base)
+
+
+def _assert_learned(run: JobRun, min_drop: float) -> None:
+    status, step, first, last = run.final()
+    assert status == "completed"
+    assert last < first - min_drop, f"val/loss {first} -> {last}"
+
+
+def test_default_job_learns_on_two_ranks(default_run):
+    status, step, first, last = default_run.final()
+    assert (status, step) == ("completed", 150)
+    assert last < 0.6 * first, f"val/loss {first} -> {last}"  # clearly below the start (7.6 -> ~3)
+    print(f"default job wall time: {default_run.wall_s:.1f}s, val/loss {first:.3f} -> {last:.3f}")
+
+
+def test_one_rank_without_launcher(one_rank_run):
+    _assert_learned(one_rank_run, min_drop=1.0)
+
+
+def test_deepspeed_launcher_two_ranks_zero3(deepspeed_launcher_run):
+    _assert_learned(deepspeed_launcher_run, min_drop=1.0)
+    assert deepspeed_launcher_run.proc.stdout.count("seo_dist: completed") == 1  # rank 0 only
+    assert "--local_rank" not in deepspeed_launcher_run.proc.stderr
+
+
+def test_two_nodes_on_loopback_form_one_world(two_node_run):
+    _assert_learned(two_node_run, min_drop=1.0)
+    assert two_node_run.proc.stdout.count("seo_dist: completed") == 1  # only global rank 0 reports
+    assert [p.name for p in two_node_run.exp_dirs()] == ["nodes"]
+
+
+def test_one_rank_metrics_are_logged(one_rank_run):
+    rows = read_jsonl(one_rank_run.exp_dirs()[0] / "metrics" / "metrics.jsonl")
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_python_entry_unknown_flag_is_usage_error(tmp_path, cache_dir):
+    proc = subprocess.run([PYTHON, "-m", "seo_dist.train", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--bogus"],
+                          cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
