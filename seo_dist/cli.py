@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("seo_dist.train", "train a model from a YAML config (same as python -m seo_dist.train)"),
     "verify": ("seo_dist.checkpoint.commands.verify", "re-hash a checkpoint folder; exit 0 valid, 1 invalid"),
     "ls": ("seo_dist.checkpoint.commands.ls", "list an experiment's committed checkpoints"),
-    "consolidate": ("seo_dist.checkpoint.commands.consolidate", "ZeRO shards -> a Hugging Face model folder"),
+    "consolidate": ("seo_dist.export.commands", "ZeRO shards -> a Hugging Face model folder"),
     "runs": ("seo_dist.tracking.commands.runs", "table of the experiments under a base directory"),
     "report": ("seo_dist.tracking.commands.report", "plots and a summary of one experiment"),
     "compare": ("seo_dist.tracking.commands.compare", "overlay loss curves and list differing config keys"),

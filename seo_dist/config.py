@@ -523,9 +523,8 @@ def validate_deepspeed(ds: dict[str, Any]) -> list[str]:
 def _validate_with_deepspeed_models(ds: dict[str, Any]) -> list[str]:
     """Let DeepSpeed's own pydantic models reject unknown or mistyped keys in the sections they own."""
     try:
-        from pydantic import ValidationError
-
         from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+        from pydantic import ValidationError
     except Exception:  # DeepSpeed not importable: its own initialize() will complain later
         return []
     problems = []

@@ -21,8 +21,8 @@ import torch
 
 from seo_dist import dist
 from seo_dist.config import JobConfig, resolve_deepspeed
-from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
+from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.errors import ConfigError, UserError
 
 
@@ -134,6 +134,25 @@ class SEOTrainer:
         self.engine, self.lr_scheduler = build_deepspeed_engine(self.model, self.job.train, self.ds_config)
         self.model = None  # the engine owns it now
 
+    def _build_profiler(self, exp_dir: Path | None) -> None:
+        from seo_dist.config import zero_stage
+        from seo_dist.profiling import StepProfiler, flops_per_token
+
+        t = self.job.train
+        # Phases where a fast rank waits for a slow one: excluded from "busy" time when naming stragglers.
+        sync = ("loss_sync", "backward") + (("forward",) if zero_stage(self.job) == 3 else ())
+        self.profiler = StepProfiler(
+            self.job.profiling,
+            device=self.engine.device,
+            flops_per_token=flops_per_token(self.hf_config, t.seq_len),
+            tokens_per_step_per_rank=t.micro_batch_size * t.grad_accum * t.seq_len,
+            samples_per_step_per_rank=t.micro_batch_size * t.grad_accum,
+            trace_dir=exp_dir / "logs" / "traces" if exp_dir is not None else None,
+            sync_phases=sync,
+        )
+        if self.tracker is not None:
+            self.tracker.code_profiler = self.profiler
+
     def _start_tracking(self) -> Path | None:
         from seo_dist.tracking import ExperimentTracker
 
@@ -171,6 +190,7 @@ class SEOTrainer:
         result = TrainResult(status="running", step=0, exp_dir=exp_dir)
         try:
             self._build_engine()
+            self._build_profiler(exp_dir)
             seed_everything(job.train.seed + info.rank)
             self._train_loop(info, result)
             result.status = "interrupted" if self._stop.signum is not None else "completed"
@@ -183,13 +203,15 @@ class SEOTrainer:
             raise
         finally:
             self._stop.restore()
+            if self.profiler is not None:
+                self.profiler.close()
         result.step = self.step
         return result
 
     def _train_loop(self, info: dist.DistInfo, result: TrainResult) -> None:
         from tqdm import tqdm
 
-        job, engine, t = self.job, self.engine, self.job.train
+        engine, t = self.engine, self.job.train
         tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * info.world_size
         result.initial_val_loss = self.evaluate()
         self._log({"val/loss": result.initial_val_loss}, result)
@@ -202,11 +224,12 @@ class SEOTrainer:
             self.step += 1
             self.tokens_seen += tokens_per_step
             window_loss, window_steps = window_loss + loss, window_steps + 1
+            self.profiler.step_end(self.step)
             if self.step % t.log_interval == 0 or self.step == t.max_steps or stop:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
                 metrics = {"train/loss": window_loss / window_steps, "train/lr": self.lr_scheduler.get_last_lr()[0],
-                           "train/tokens_seen": float(self.tokens_seen), "perf/tokens_per_s": tok_s}
+                           "train/tokens_seen": float(self.tokens_seen), **self.profiler.collect(self.step)}
                 self._log(metrics, result)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
@@ -224,20 +247,27 @@ class SEOTrainer:
         engine, t = self.engine, self.job.train
         total, micro = 0.0, 0
         stop = False
+        prof = self.profiler
         while micro < t.grad_accum:
-            batch = {k: v.to(engine.device) for k, v in self.loader.next_batch().items()}
-            loss = engine(**batch).loss
-            local = loss.detach().float().item()
-            # global sum of losses, number of non-finite ranks, number of ranks asked to stop
-            loss_sum, bad, stops = dist.all_reduce_sum([local if math.isfinite(local) else 0.0,
-                                                        0.0 if math.isfinite(local) else 1.0,
-                                                        1.0 if self._stop.signum is not None else 0.0])
-            stop = stop or stops > 0
-            if bad:
-                self._on_non_finite(local)
-                continue  # 'skip': drop this micro-batch on every rank (no backward, no step)
-            engine.backward(loss)
-            engine.step()
+            with prof.oom_guard():
+                with prof.phase("data"):
+                    batch = {k: v.to(engine.device) for k, v in self.loader.next_batch().items()}
+                with prof.phase("forward"):
+                    loss = engine(**batch).loss
+                with prof.phase("loss_sync"):
+                    local = loss.detach().float().item()
+                    # global sum of losses, number of non-finite ranks, number of ranks asked to stop
+                    loss_sum, bad, stops = dist.all_reduce_sum([local if math.isfinite(local) else 0.0,
+                                                                0.0 if math.isfinite(local) else 1.0,
+                                                                1.0 if self._stop.signum is not None else 0.0])
+                stop = stop or stops > 0
+                if bad:
+                    self._on_non_finite(local)
+                    continue  # 'skip': drop this micro-batch on every rank (no backward, no step)
+                with prof.phase("backward"):
+                    engine.backward(loss)
+                with prof.phase("optimizer"):
+                    engine.step()
             total += loss_sum / dist.get_world_size()
             micro += 1
         return total / t.grad_accum, stop
