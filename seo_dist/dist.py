@@ -12,8 +12,9 @@ import functools
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
@@ -127,6 +128,23 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return info
+
+
+def ensure_process_group() -> None:
+    """Make sure a default process group exists, for libraries that insist on one (DeepSpeed).
+
+    At world size 1 with no launcher this is a one-rank group on an in-memory store: no port, no
+    environment variables, so several single-process jobs can run side by side.
+    """
+    if is_initialized():
+        return
+    info = init_distributed()
+    if info.world_size == 1 and not is_initialized():
+        # DeepSpeed's engine reads these even for one process; describe the one-rank world for it.
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", str(info.local_rank)), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(key, value)
+        backend = "nccl" if get_device().type == "cuda" else "gloo"
+        tdist.init_process_group(backend=backend, store=tdist.HashStore(), rank=0, world_size=1)
 
 
 def cleanup() -> None:

@@ -37,6 +37,8 @@ class TrainResult:
     exp_dir: Path | None
     initial_val_loss: float | None = None
     final_val_loss: float | None = None
+    loop_time_s: float = 0.0
+    """Wall time of the training steps (initial and final validation excluded)."""
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -218,7 +220,8 @@ class SEOTrainer:
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress_bar and info.is_rank_zero),
                    desc="train", dynamic_ncols=True, mininterval=1.0)
         engine.train()
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        loop_start = time.perf_counter()
+        window_loss, window_steps, window_start = 0.0, 0, loop_start
         while self.step < t.max_steps:
             loss, stop = self._train_step()
             self.step += 1
@@ -239,6 +242,7 @@ class SEOTrainer:
             if stop:
                 break
         bar.close()
+        result.loop_time_s = time.perf_counter() - loop_start
         result.final_val_loss = self.evaluate()
         self._log({"val/loss": result.final_val_loss}, result)
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import CONFIGS, FAST, PYTHON, BIN, free_port, job_env, read_jsonl, run_job, JobRun
+from conftest import BIN, CONFIGS, FAST, PYTHON, JobRun, free_port, job_env, read_jsonl, run_job
 
 
 @pytest.fixture(scope="session")

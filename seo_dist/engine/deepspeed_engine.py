@@ -52,6 +52,9 @@ def build_deepspeed_engine(model: torch.nn.Module, train: TrainConfig, ds_config
     """
     import deepspeed
 
+    from seo_dist import dist
+
+    dist.ensure_process_group()
     ds_config = copy.deepcopy(ds_config)
     optimizer = None if "optimizer" in ds_config else build_optimizer(model, train)
     if "optimizer" in ds_config:
