@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
         dist.cleanup()
     if dist.get_dist_info().is_rank_zero:
         where = f" in {result.exp_dir}" if result.exp_dir else ""
+        final = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
         print(f"seo_dist: {result.status} at step {result.step}; val/loss {result.initial_val_loss:.4f} -> "
-              f"{result.final_val_loss:.4f}{where}", flush=True)
+              f"{final}{where}", flush=True)
     return 0
 
 

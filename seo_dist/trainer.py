@@ -48,21 +48,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class _StopFlag:
     """SIGTERM/SIGINT set a flag; the loop agrees on it across ranks and stops at a step boundary."""
 
@@ -155,6 +140,46 @@ class SEOTrainer:
         if self.tracker is not None:
             self.tracker.code_profiler = self.profiler
 
+    def _build_checkpointer(self, exp_dir: Path | None) -> None:
+        if exp_dir is None or not self.job.experiment.checkpoint_enabled:
+            return
+        from seo_dist.checkpoint import AdvancedCheckpointManager
+
+        self.checkpoints = AdvancedCheckpointManager.from_config(
+            exp_dir / "checkpoints", self.job.checkpoint, event_fn=self.tracker.log_event,
+            config_hash=self.job.config_hash(), config=self.job.to_dict())
+        self.checkpoints.sweep_abandoned()
+        self.tracker.checkpoint_manager = self.checkpoints
+
+    def _restore(self) -> bool:
+        """Load the checkpoint named by ``--resume``; False when the experiment has none yet."""
+        from seo_dist.checkpoint import NoCheckpointError
+
+        if self.resume is None or self.checkpoints is None:
+            return False
+        target = self.resume if self.resume.parent.name == "checkpoints" else "latest"
+        try:
+            loaded = self.checkpoints.load_checkpoint(target, self.engine)
+        except NoCheckpointError:
+            self.tracker.log_event("resume_without_checkpoint", step=0,
+                                   message=f"{self.resume} has no checkpoint yet; training starts at step 0")
+            return False
+        state = loaded["rank_state"]
+        self.step = int(loaded["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.loader.load_state_dict(state["loader"])
+        self.tracker.set_resume_step(self.step)
+        self.tracker.log_event("resumed", step=self.step, path=str(loaded["path"]))
+        return True
+
+    def _save(self, metrics: dict[str, float], *, final: bool = False) -> None:  # noqa: ARG002
+        """Save on every rank; log how long the loop was blocked (``ckpt/stall_s``)."""
+        start = time.perf_counter()
+        self.checkpoints.save_checkpoint(
+            self.engine, step=self.step, metrics=metrics, epoch=self.loader.epoch,
+            rank_state={"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen})
+        self.tracker.log_metrics({"ckpt/stall_s": time.perf_counter() - start}, step=self.step)
+
     def _start_tracking(self) -> Path | None:
         from seo_dist.tracking import ExperimentTracker
 
@@ -189,12 +214,14 @@ class SEOTrainer:
         self._setup_data(info)
         exp_dir = self._start_tracking()
         self._stop.install()
-        result = TrainResult(status="running", step=0, exp_dir=exp_dir)
+        result = self._result = TrainResult(status="running", step=0, exp_dir=exp_dir)
         try:
             self._build_engine()
             self._build_profiler(exp_dir)
+            self._build_checkpointer(exp_dir)
             seed_everything(job.train.seed + info.rank)
-            self._train_loop(info, result)
+            resumed = self._restore()  # after seeding: a checkpoint restores every RNG
+            self._train_loop(info, result, resumed)
             result.status = "interrupted" if self._stop.signum is not None else "completed"
             self.tracker.end_experiment(result.status)
         except BaseException as e:
@@ -210,17 +237,19 @@ class SEOTrainer:
         result.step = self.step
         return result
 
-    def _train_loop(self, info: dist.DistInfo, result: TrainResult) -> None:
+    def _train_loop(self, info: dist.DistInfo, result: TrainResult, resumed: bool) -> None:
         from tqdm import tqdm
 
         engine, t = self.engine, self.job.train
         tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * info.world_size
         result.initial_val_loss = self.evaluate()
-        self._log({"val/loss": result.initial_val_loss}, result)
+        if not resumed:  # a resumed run logged this step's validation before it stopped
+            self._log({"val/loss": result.initial_val_loss}, result)
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress_bar and info.is_rank_zero),
                    desc="train", dynamic_ncols=True, mininterval=1.0)
         engine.train()
         loop_start = time.perf_counter()
+        stop, step_metrics = False, {}
         window_loss, window_steps, window_start = 0.0, 0, loop_start
         while self.step < t.max_steps:
             loss, stop = self._train_step()
@@ -237,14 +266,31 @@ class SEOTrainer:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             bar.update(1)
-            if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.max_steps:
-                self._log({"val/loss": self.evaluate()}, result)
+            last = self.step == t.max_steps or stop
+            step_metrics = {"train/loss": loss}
+            if not last and t.eval_interval and self.step % t.eval_interval == 0:
+                step_metrics["val/loss"] = self.evaluate()
+                self._log({"val/loss": step_metrics["val/loss"]}, result)
+            if not last and self.checkpoints is not None and self.checkpoints.should_save(self.step):
+                self._save(self._with_best_metric(step_metrics))
             if stop:
                 break
         bar.close()
         result.loop_time_s = time.perf_counter() - loop_start
-        result.final_val_loss = self.evaluate()
-        self._log({"val/loss": result.final_val_loss}, result)
+        if not stop:  # pre-empted: spend the grace period on the checkpoint, not on validation
+            result.final_val_loss = self.evaluate()
+            step_metrics["val/loss"] = result.final_val_loss
+            self._log({"val/loss": result.final_val_loss}, result)
+        if self.checkpoints is not None and self.checkpoints.should_save(self.step, final=True):
+            self._save(step_metrics, final=True)
+
+    def _with_best_metric(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Checkpoint metrics; a ``val/`` best metric not measured at this step is measured now."""
+        best = self.job.checkpoint.best_metric
+        if best == "val/loss" and best not in metrics and self.job.checkpoint.keep_best > 0:
+            metrics = {**metrics, best: self.evaluate()}
+            self._log({best: metrics[best]}, self._result)
+        return metrics
 
     def _train_step(self) -> tuple[float, bool]:
         """One optimizer step (``grad_accum`` micro-batches); returns (global mean loss, stop requested)."""

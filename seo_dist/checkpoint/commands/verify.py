@@ -1,0 +1,61 @@
+"""``seo-dist verify CKPT_DIR [--quick]``: exit 0 valid, 1 invalid (one line per bad file), 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from seo_dist.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "ckpt_dir", metavar="CKPT_DIR", help="one checkpoint folder, e.g. EXP/checkpoints/step_00000100"
+    )
+    parser.add_argument("--quick", action="store_true", help="check presence and sizes only (no re-hash)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="files hashed in parallel (default: CPU count, max 8)"
+    )
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    from seo_dist.checkpoint.layout import MANIFEST, STAGING_SUFFIX, parse_step
+
+    name = path.name.removesuffix(STAGING_SUFFIX)
+    return (path / MANIFEST).exists() or parse_step(name) is not None or any(path.glob("*.pt"))
+
+
+def check_target(path: Path) -> None:
+    """Usage errors: a missing path, a file, or a folder that is not one checkpoint (with a hint)."""
+    from seo_dist.checkpoint.layout import resolve_checkpoints_root, step_dirs
+
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give a checkpoint folder such as EXP/checkpoints/step_00000100")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file; give a checkpoint folder such as EXP/checkpoints/step_00000100")
+    if _looks_like_checkpoint(path):
+        return
+    inside = step_dirs(resolve_checkpoints_root(path))
+    if inside:
+        raise UserError(
+            f"{path} holds checkpoints but is not one; verify one folder, e.g. seo-dist verify {inside[-1]}"
+        )
+    raise UserError(f"{path} is not a checkpoint folder (no manifest.json, no checkpoint files)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from seo_dist.checkpoint.verify import verify_checkpoint
+
+    path = Path(args.ckpt_dir)
+    check_target(path)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    report = verify_checkpoint(path, "quick" if args.quick else "full", threads=args.threads)
+    if report.ok:
+        print(report.summary())
+        return 0
+    for problem in report.problems:
+        print(f"BAD {path / problem.path}: {problem.detail}")
+    print(f"{path.name}: INVALID ({len(report.problems)} bad file(s))", file=sys.stderr)
+    return 1

@@ -1,0 +1,153 @@
+"""Layer 2 for DeepSpeed: its own save/load code decides what each shard holds; we own the bytes.
+
+:class:`HashingCheckpointEngine` replaces ``engine.checkpoint_engine``. DeepSpeed calls its
+``save(state_dict, path)`` once per file (model states from data-parallel rank 0 or, with ZeRO-3, from
+every rank; ``*_optim_states.pt`` from every rank); each call streams ``torch.save`` through a
+:class:`~.hashing.HashingWriter` and records (relative path, size, hash) for the manifest. The files
+keep DeepSpeed's names and layout, so ``engine.load_checkpoint`` and ``zero_to_fp32`` read our folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointCommitInfo, CheckpointEngine
+
+from seo_dist.checkpoint.commit import describe_error
+from seo_dist.checkpoint.errors import CheckpointError, IncompatibleCheckpointError
+from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
+from seo_dist.checkpoint.manifest import Manifest
+
+ENGINE_NAME = "SeoDistHashingCheckpointEngine"
+
+
+class HashingCheckpointEngine(CheckpointEngine):
+    """DeepSpeed checkpoint engine that hashes while it writes and never raises out of ``save``.
+
+    A write error is recorded instead of raised so that this rank still reaches DeepSpeed's barriers
+    and the commit, where every rank learns that the save failed (no rank hangs on a dead peer).
+    Override :meth:`write_file` to stage instead of write (the async path).
+    """
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(None)
+        self.name = ENGINE_NAME
+        self.algorithm = algorithm
+        self.folder: Path | None = None
+        self.records: list[FileRecord] = []
+        self.errors: list[str] = []
+
+    def create(self, info: CheckpointCommitInfo) -> None:
+        """Start of ``engine.save_checkpoint``: files of this save go to ``save_dir/tag``."""
+        self.folder = Path(info.save_dir) / str(info.tag)
+        self.records = []
+        self.errors = []
+
+    def save(self, state_dict: Any, path: str) -> None:
+        if self.folder is None:
+            self.errors.append(f"{path}: save() before create()")
+            return
+        try:
+            relpath = Path(path).resolve().relative_to(self.folder.resolve()).as_posix()
+        except ValueError:
+            self.errors.append(f"{path}: outside the checkpoint folder {self.folder}")
+            return
+        try:
+            self.records.append(self.write_file(state_dict, self.folder, relpath))
+        except Exception as e:  # noqa: BLE001 - reported through the commit, see class docstring
+            self.errors.append(f"{relpath}: {describe_error(e)}")
+
+    def write_file(self, state_dict: Any, folder: Path, relpath: str) -> FileRecord:
+        return write_torch_file(state_dict, folder, relpath, self.algorithm)
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+    def commit(self, info: CheckpointCommitInfo) -> bool:
+        return True  # seo_dist commits after save_checkpoint returns: see seo_dist.checkpoint.commit
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        Path(path).mkdir(parents=True, exist_ok=exist_ok)
+
+
+def install_checkpoint_engine(
+    engine: Any, algorithm: str, cls: type[HashingCheckpointEngine] = HashingCheckpointEngine
+) -> HashingCheckpointEngine:
+    """Make ``engine`` write through a ``cls`` instance (idempotent); the async path passes its staging subclass."""
+    current = getattr(engine, "checkpoint_engine", None)
+    if type(current) is cls and current.algorithm == algorithm:
+        return current
+    adapter = cls(algorithm)
+    engine.checkpoint_engine = adapter
+    return adapter
+
+
+def _stage_family(stage: int) -> str:
+    # ZeRO 1 and 2 share one optimizer-state format; 0 keeps it in the model file; 3 partitions the model too.
+    return {0: "no ZeRO", 1: "ZeRO 1/2", 2: "ZeRO 1/2", 3: "ZeRO 3"}.get(stage, f"ZeRO {stage}")
+
+
+class DeepSpeedBackend:
+    """Saves and loads one DeepSpeed engine's state through DeepSpeed's own checkpoint code."""
+
+    engine_name = "deepspeed"
+
+    def __init__(
+        self, engine: Any, algorithm: str, adapter_cls: type[HashingCheckpointEngine] = HashingCheckpointEngine
+    ) -> None:
+        self.engine = engine
+        self.adapter = install_checkpoint_engine(engine, algorithm, adapter_cls)
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.engine.zero_optimization_stage())
+
+    def estimate_bytes(self) -> int:
+        """All ranks' files together, for the first save's disk check: weights + fp32 master + 2 Adam moments."""
+        total = 0
+        for p in self.engine.module.parameters():
+            numel = getattr(p, "ds_numel", p.numel())
+            total += numel * (p.element_size() + 12)
+        return total
+
+    def write(self, root: Path, staging: Path) -> tuple[list[FileRecord], list[str]]:
+        self.engine.save_checkpoint(str(root), tag=staging.name, client_state={}, save_latest=False)
+        return list(self.adapter.records), list(self.adapter.errors)
+
+    def check_compatible(self, manifest: Manifest, folder: Path, world_size: int, load_optimizer_states: bool) -> None:
+        if manifest.engine != self.engine_name:
+            raise IncompatibleCheckpointError(
+                f"{folder} was written by a plain torch model ({manifest.engine}), not DeepSpeed; load it with "
+                f"the same kind of model, or start from its weights"
+            )
+        if _stage_family(manifest.zero_stage) != _stage_family(self.zero_stage):
+            raise IncompatibleCheckpointError(
+                f"{folder} was saved with {_stage_family(manifest.zero_stage)} (stage {manifest.zero_stage}), this job "
+                f"uses stage {self.zero_stage}; resume with deepspeed.zero_optimization.stage={manifest.zero_stage}, "
+                f"or consolidate it (seo-dist consolidate {folder} --out DIR) and start from model.pretrained=DIR"
+            )
+        partitioned = manifest.zero_stage >= 3 or (manifest.zero_stage >= 1 and load_optimizer_states)
+        if partitioned and manifest.world_size != world_size:
+            raise IncompatibleCheckpointError(
+                f"{folder} was saved by {manifest.world_size} ranks with ZeRO stage {manifest.zero_stage} (state "
+                f"partitioned {manifest.world_size} ways) and this job has {world_size}; resume with "
+                f"{manifest.world_size} ranks, or consolidate it (seo-dist consolidate {folder} --out DIR, then "
+                f"model.pretrained=DIR; optimizer state is not kept), or convert it to DeepSpeed's universal "
+                f"checkpoint (python -m deepspeed.checkpoint.ds_to_universal --input_folder {folder} "
+                f"--output_folder {folder}_universal) and load that with deepspeed.checkpoint.load_universal=true"
+            )
+
+    def load(
+        self, folder: Path, *, load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True
+    ) -> dict[str, Any]:
+        load_path, client_state = self.engine.load_checkpoint(
+            str(folder.parent),
+            tag=folder.name,
+            load_optimizer_states=load_optimizer_states,
+            load_lr_scheduler_states=load_lr_scheduler_states,
+        )
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed found no model state files in {folder}")
+        return {"client_state": client_state}

@@ -1,0 +1,33 @@
+"""Checkpoint failures. Those that a user must act on are :class:`~seo_dist.errors.UserError` (one line, exit 2)."""
+
+from __future__ import annotations
+
+from seo_dist.errors import UserError
+
+
+class CheckpointError(Exception):
+    """Base class of every checkpoint failure."""
+
+
+class ManifestError(CheckpointError):
+    """``manifest.json`` is missing or unreadable: the folder is not a committed checkpoint."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A save failed on some rank (I/O error, full disk); nothing was committed and ``latest`` is unchanged."""
+
+
+class DiskSpaceError(CheckpointSaveError):
+    """Not enough free disk for the next checkpoint, even after pruning what retention allows."""
+
+
+class NoCheckpointError(CheckpointError, UserError):
+    """Nothing to load: no checkpoint folder at all under the given path."""
+
+
+class NoValidCheckpointError(CheckpointError, UserError):
+    """Checkpoints exist but none passed verification and loading: never silently start from scratch."""
+
+
+class IncompatibleCheckpointError(CheckpointError, UserError):
+    """The checkpoint cannot be loaded by this job as configured (e.g. a different world size with ZeRO)."""

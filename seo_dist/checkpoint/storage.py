@@ -1,0 +1,85 @@
+"""File-system primitives for crash safety: fsync of folders, atomic replace, free space, sweeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from seo_dist.checkpoint.layout import STAGING_SUFFIX
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (created, renamed, removed files) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to ``<name>.tmp``, fsync, rename over ``path``, fsync the folder: readers see old or new, never half."""
+    tmp = path.with_name(path.name + STAGING_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free bytes for an unprivileged writer on the file system holding ``path`` (or its nearest parent)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def remove_folder(path: Path) -> None:
+    """Rename to a staging name first (atomic), then delete: a crash mid-delete leaves only sweepable debris."""
+    doomed = path.with_name(path.name + ".deleting" + STAGING_SUFFIX)
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.rename(path, doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed)
+
+
+def sweep_abandoned(root: Path) -> list[Path]:
+    """Delete everything under ``root`` whose name ends in ``.tmp``: staging folders of crashed saves,
+    half-deleted folders, half-written ``latest``/``index.json``. Call once at start, before any save."""
+    if not root.is_dir():
+        return []
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if not entry.name.endswith(STAGING_SUFFIX):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry)
+    if removed:
+        fsync_dir(root)
+    return removed

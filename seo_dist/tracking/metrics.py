@@ -1,0 +1,397 @@
+"""``MetricsTracker``: takes metrics from the training thread and hands them to the sinks on a background thread.
+
+On the training thread ``log`` only copies the dict and puts it on a queue (about a microsecond), so
+it costs less than a single ``SummaryWriter.add_scalar``. Everything else happens on the sink thread:
+
+* names: ``group/name`` (``train/loss``, ``val/loss``, ``perf/tokens_per_s``). A second spelling of a
+  metric already seen (``train_loss`` or ``Train/Loss`` after ``train/loss``) is recorded under the first
+  spelling, with one warning event per spelling. A name without a group is accepted with one warning.
+  ``step``/``epoch``/``time``/``timestamp`` are the row's own fields and are dropped from the values.
+* values: ints and floats, bools, numpy scalars and one-element tensors (copied on the calling thread and
+  read on the sink thread, so the training thread never waits on the device). Anything else is left out
+  of the row (the rest of the row is still written), with one error event per metric name; later bad
+  values are counted in ``summary.dropped``.
+* non-finite values: ``null`` in ``metrics.jsonl`` (JSON has no NaN/inf), the float itself in
+  TensorBoard and wandb, and a warning event each time a metric turns non-finite.
+* sink failures: an error event, then that sink is dropped; the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import queue
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from seo_dist.tracking.jsonio import iter_jsonl
+from seo_dist.tracking.logger import ExperimentLogger
+from seo_dist.tracking.sinks import Sink
+
+BACKLOG_WARNING_ROWS = 10_000
+"""The sinks write about 1500 rows of 8 scalars per second on one core; a longer queue gets one warning."""
+RESERVED_NAMES = frozenset({"step", "epoch", "time", "timestamp"})
+_CANONICAL_STRIP = re.compile(r"[^0-9a-z]+")
+_FAST_TYPES = (float, int)
+
+
+def canonical_metric_key(name: str) -> str:
+    """Spelling-insensitive identity of a metric: ``train/loss``, ``train_loss`` and ``Train-Loss`` collide."""
+    return _CANONICAL_STRIP.sub("", name.lower())
+
+
+@dataclass(slots=True)
+class MetricNames:
+    """One spelling per metric for the whole run (seeded from earlier rows on resume)."""
+
+    spelling: dict[str, str] = field(default_factory=dict)
+    """canonical key -> the first spelling seen."""
+    reported: set[str] = field(default_factory=set)
+
+    def seed(self, names: list[str]) -> None:
+        for name in names:
+            self.spelling.setdefault(canonical_metric_key(name), name)
+
+    def resolve(self, name: str) -> tuple[str, str | None]:
+        """``(name to record, warning or None)``; each problem is reported once per spelling."""
+        key = canonical_metric_key(name)
+        first = self.spelling.setdefault(key, name)
+        warning = None
+        if first != name:
+            if name not in self.reported:
+                warning = f"metric {name!r} is another spelling of {first!r}; recorded as {first!r} - use one spelling"
+        elif "/" not in name and name not in self.reported:
+            warning = f"metric {name!r} has no group; name metrics 'group/name', e.g. 'train/loss'"
+        if warning:
+            self.reported.add(name)
+        return first, warning
+
+
+@dataclass(slots=True)
+class MetricSummary:
+    """Running statistics kept by the sink thread, for ``metadata.json`` and ``seo-dist runs``."""
+
+    rows: int = 0
+    last_step: int | None = None
+    last: dict[str, float | None] = field(default_factory=dict)
+    min: dict[str, float] = field(default_factory=dict)
+    max: dict[str, float] = field(default_factory=dict)
+    min_step: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Values left out because they were not numbers, per metric name."""
+
+    def update(self, step: int, values: dict[str, Any]) -> None:
+        self.rows += 1
+        self.last_step = step if self.last_step is None else max(self.last_step, step)
+        for k, v in values.items():
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                self.last[k] = None
+                continue
+            self.last[k] = v
+            if k not in self.min or v < self.min[k]:
+                self.min[k] = v
+                self.min_step[k] = step
+            if k not in self.max or v > self.max[k]:
+                self.max[k] = v
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "last_step": self.last_step,
+            "last": dict(self.last),
+            "min": dict(self.min),
+            "min_step": dict(self.min_step),
+            "max": dict(self.max),
+            "dropped_values": dict(self.dropped),
+        }
+
+
+def to_number(value: Any) -> float | int:
+    """A metric value as a Python number; ``TypeError`` for anything that is not one."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    item = getattr(value, "item", None)
+    numel = getattr(value, "numel", None) or getattr(value, "size", None)
+    if callable(item):
+        count = numel() if callable(numel) else numel
+        if count == 1:
+            result = item()
+            if isinstance(result, (bool, int, float)):
+                return int(result) if isinstance(result, bool) else result
+    raise TypeError(f"{type(value).__name__} is not a number")
+
+
+def _snapshot_value(value: Any) -> Any:
+    """Copy a tensor on the calling thread (no device sync) so later in-place updates don't leak into the log."""
+    detach = getattr(value, "detach", None)
+    if callable(detach):
+        return detach().clone()
+    return value
+
+
+class _Command:
+    __slots__ = ("kind", "arg", "done", "result")
+
+    def __init__(self, kind: str, arg: Any = None) -> None:
+        self.kind = kind
+        self.arg = arg
+        self.done = threading.Event()
+        self.result: Any = None
+
+
+class MetricsTracker:
+    """Validates metrics and feeds the sinks (JSONL, TensorBoard, wandb, console) from one background thread."""
+
+    def __init__(
+        self,
+        sinks: list[Sink],
+        logger: ExperimentLogger,
+        lazy_sinks: Sequence[Callable[[], Sink]] = (),
+        seed_rows: list[dict[str, Any]] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        heartbeat_interval_s: float = 30.0,
+    ) -> None:
+        self.sinks: list[Sink] = list(sinks)
+        self.logger = logger
+        self.names = MetricNames()
+        self.summary = MetricSummary()
+        self._lazy_sinks = list(lazy_sinks)
+        self._nonfinite: set[str] = set()
+        self._heartbeat = heartbeat
+        self._heartbeat_interval_s = heartbeat_interval_s
+        # SimpleQueue: put() is a C call that never blocks and is safe even from a signal handler
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._backlog_reported = False
+        self._closed = False
+        for row in seed_rows or ():
+            values = {k: v for k, v in row.items() if k not in RESERVED_NAMES}
+            self.names.seed(list(values))
+            if isinstance(row.get("step"), int):
+                self.summary.update(row["step"], values)
+        self._thread = threading.Thread(target=self._run, name="seo_dist-metrics", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ training thread
+
+    def log(self, metrics: dict[str, Any], step: int, epoch: int | None = None) -> None:
+        """Enqueue one row; returns at once. Never raises for bad values (they become error events)."""
+        values = dict(metrics)
+        for k, v in values.items():
+            if type(v) not in _FAST_TYPES:
+                values[k] = _snapshot_value(v)
+        self._queue.put((step, epoch, time.time(), values))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every row logged so far is in the sinks' files; False on timeout."""
+        return self._call("flush", timeout=timeout) is True
+
+    def truncate_after(self, step: int, timeout: float | None = None) -> int:
+        """Drop rows after ``step`` in every sink (resume); returns the number of JSONL rows dropped."""
+        return self._call("truncate", step, timeout=timeout) or 0
+
+    def close(self, exit_code: int = 0, timeout: float | None = 120.0) -> None:
+        """Drain the queue, close the sinks and stop the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._call("close", exit_code, timeout=timeout)
+        self._thread.join(timeout=timeout)
+
+    def _call(self, kind: str, arg: Any = None, timeout: float | None = None) -> Any:
+        if not self._thread.is_alive():
+            return None
+        command = _Command(kind, arg)
+        self._queue.put(command)
+        if not command.done.wait(timeout):
+            return None
+        return command.result
+
+    # ------------------------------------------------------------------ sink thread
+
+    def _run(self) -> None:
+        last_beat = time.monotonic()
+        self._open_lazy_sinks()
+        while True:
+            try:
+                item = self._queue.get(timeout=self._heartbeat_interval_s)
+            except queue.Empty:
+                item = None
+            now = time.monotonic()
+            if self._heartbeat is not None and now - last_beat >= self._heartbeat_interval_s:
+                last_beat = now
+                self._safe(self._heartbeat)
+            if item is None:
+                continue
+            try:
+                if type(item) is tuple:
+                    self._write_row(*item)
+                    if self._queue.empty():
+                        self._each_sink("flush", only=("jsonl",))
+                    elif not self._backlog_reported and self._queue.qsize() > BACKLOG_WARNING_ROWS:
+                        self._backlog_reported = True
+                        self.logger.event("metrics_backlog", "warning", message=f"more than {BACKLOG_WARNING_ROWS} "
+                                          "metric rows wait for the sinks; log less often (rows are kept, memory grows)")  # fmt: skip
+                elif self._handle_command(item):
+                    return
+            except Exception as e:  # a bug here must not stop the thread, or every later flush would hang
+                self._report_thread_error(e)
+
+    def _handle_command(self, command: _Command) -> bool:
+        try:
+            if command.kind == "flush":
+                self._each_sink("flush")
+                command.result = True
+            elif command.kind == "truncate":
+                dropped = 0
+                for sink in list(self.sinks):
+                    result = self._sink_call(sink, "truncate_after", command.arg)
+                    if sink.name == "jsonl":
+                        dropped = int(result or 0)
+                        self._reseed(sink)
+                command.result = dropped
+            elif command.kind == "close":
+                for sink in list(self.sinks):
+                    self._sink_call(sink, "close", command.arg)
+                self.sinks = []
+                command.result = True
+                return True
+        finally:
+            command.done.set()
+        return False
+
+    def _reseed(self, jsonl: Sink) -> None:
+        """After a truncation, rebuild the summary from the rows that remain."""
+        self.summary = MetricSummary()
+        for row in iter_jsonl(jsonl.path):
+            if isinstance(row.get("step"), int):
+                self.summary.update(row["step"], {k: v for k, v in row.items() if k not in RESERVED_NAMES})
+
+    def _open_lazy_sinks(self) -> None:
+        for factory in self._lazy_sinks:
+            try:
+                self.sinks.append(factory())
+            except Exception as e:  # e.g. wandb cannot start: note it and go on without that sink
+                self.logger.event(
+                    "sink_unavailable",
+                    "warning",
+                    message=f"{getattr(factory, 'sink_name', factory)}: {type(e).__name__}: {e}; continuing without it",
+                )
+
+    def _write_row(self, step: Any, epoch: Any, wall_time: float, raw: dict[str, Any]) -> None:
+        try:
+            if isinstance(step, bool):
+                raise TypeError
+            step = operator.index(step)  # ints, numpy ints, integer tensors
+        except TypeError:
+            self.logger.event("metric_error", "error", message=f"step must be an int, got {step!r}; row dropped")
+            return
+        epoch = self._valid_epoch(epoch, step)
+        values: dict[str, float | int] = {}
+        for name, value in raw.items():
+            if not isinstance(name, str) or not name:
+                self.logger.event(
+                    "metric_error", "error", step=step, message=f"metric name must be a non-empty string, got {name!r}"
+                )
+                continue
+            if name in RESERVED_NAMES:
+                if name not in self.names.reported:
+                    self.names.reported.add(name)
+                    self.logger.event(
+                        "metric_name",
+                        "warning",
+                        step=step,
+                        message=f"{name!r} is a field of every row, not a metric; dropped from the values",
+                    )
+                continue
+            recorded, warning = self.names.resolve(name)
+            if warning:
+                self.logger.event("metric_name", "warning", step=step, message=warning, metric=name)
+            try:
+                number = to_number(value)
+            except (TypeError, ValueError, RuntimeError) as e:
+                self._report_bad_value(name, step, e)
+                continue
+            if isinstance(number, float) and not math.isfinite(number):
+                if recorded not in self._nonfinite:
+                    self._nonfinite.add(recorded)
+                    self.logger.event(
+                        "nonfinite_metric",
+                        "warning",
+                        step=step,
+                        metric=recorded,
+                        value=str(number),
+                        message=f"{recorded} is {number} (recorded as null in metrics.jsonl)",
+                    )
+            else:
+                self._nonfinite.discard(recorded)
+            if recorded in values and recorded != name:
+                continue  # both spellings in one call: the first spelling's value wins
+            values[recorded] = number
+        self.summary.update(step, values)
+        for sink in list(self.sinks):
+            self._sink_call(sink, "write", step, epoch, wall_time, values)
+
+    def _valid_epoch(self, epoch: Any, step: int) -> int | None:
+        if epoch is None:
+            return None
+        try:
+            if isinstance(epoch, bool):
+                raise TypeError
+            return operator.index(epoch)
+        except TypeError:
+            pass
+        if isinstance(epoch, float) and epoch.is_integer():
+            return int(epoch)
+        if "epoch" not in self.names.reported:
+            self.names.reported.add("epoch")
+            self.logger.event("metric_error", "error", step=step, message=f"epoch must be an int, got {epoch!r}; "
+                              "recorded as null")  # fmt: skip
+        return None
+
+    def _report_bad_value(self, name: str, step: int, error: Exception) -> None:
+        """One error event per metric name; later bad values of it are only counted (``summary.dropped``)."""
+        count = self.summary.dropped.get(name, 0)
+        self.summary.dropped[name] = count + 1
+        if count == 0:
+            self.logger.event(
+                "metric_error",
+                "error",
+                step=step,
+                metric=name,
+                message=f"value of {name!r} is not numeric ({error}); left out of the row "
+                "(further bad values of this metric are only counted)",
+            )
+
+    def _each_sink(self, method: str, only: tuple[str, ...] | None = None) -> None:
+        for sink in list(self.sinks):
+            if only is None or sink.name in only:
+                self._sink_call(sink, method)
+
+    def _sink_call(self, sink: Sink, method: str, *args: Any) -> Any:
+        try:
+            return getattr(sink, method)(*args)
+        except Exception as e:
+            self.sinks = [s for s in self.sinks if s is not sink]
+            self.logger.error("sink_failed", e, sink=sink.name, operation=method)
+            if sink.name == "jsonl":
+                sys.stderr.write(f"seo_dist: metrics.jsonl can no longer be written ({e})\n")
+            return None
+
+    def _report_thread_error(self, error: Exception) -> None:
+        try:
+            self.logger.error("metrics_thread_error", error)
+        except Exception:
+            pass
+
+    def _safe(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            pass
