@@ -30,12 +30,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's module is imported (others may pull in torch)."""
     parser = _Parser(prog="seo-dist", description="seo_dist: distributed training for the SEO engine")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
@@ -49,10 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seo_dist import dist
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a.startswith(("--local_rank", "--local-rank")) for a in argv):  # appended by the deepspeed launcher
+        from seo_dist import dist  # imports torch: only when needed
 
-    argv = dist.strip_local_rank_arg(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+        argv = dist.strip_local_rank_arg(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(only=command if command in COMMANDS else None).parse_args(argv)
     if getattr(args, "_missing", None):
         sys.stderr.write(f"seo-dist {args.command}: not available in this build ({args._missing} missing)\n")
         return 2

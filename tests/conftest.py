@@ -23,7 +23,7 @@ PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 
 # Small and fast: enough steps for the loss to fall clearly, few validation batches.
-FAST = ["train.max_steps=16", "train.log_interval=4", "train.eval_interval=8", "train.eval_batches=4",
+FAST = ["train.max_steps=16", "train.lr=3e-3", "train.log_interval=4", "train.eval_interval=8", "train.eval_batches=4",
         "train.warmup_steps=2", "train.progress_bar=false", "model.config.n_layer=2", "model.config.n_embd=64",
         "model.config.n_head=2"]
 

@@ -15,7 +15,9 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +58,19 @@ def _wandb_run_id(experiment_id: str) -> str:
     """A wandb id from the experiment id plus a random suffix (two base dirs may reuse an experiment id)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", experiment_id)[:50]
     return f"{safe}-{secrets.token_hex(4)}"
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Block SIGTERM/SIGINT on the main thread for the duration (no-op on other threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class ExperimentTracker:
@@ -452,16 +467,15 @@ class ExperimentTracker:
             return
         atexit.unregister(self._exit_without_end)
         assert self.logger is not None and self.layout is not None
+        # A launcher that saw another rank fail sends SIGTERM to this one while it is recording the
+        # outcome: hold signals until the record is on disk (they are delivered right after).
+        with _signals_deferred():
+            self._finish(status, error)
+
+    def _finish(self, status: str, error: BaseException | str | None) -> None:
+        assert self.logger is not None
         text, tb = describe_error(error)
         end = time.time()
-        if self.metrics is not None:
-            self.metrics.close(exit_code=0 if status == "completed" else 1)  # drains the queue first
-        level = "info" if status == "completed" else ("error" if status == "failed" else "warning")
-        try:
-            self.logger.event("end", level, step=self._last_step(), status=status, message=text, traceback=tb)
-        except Exception:
-            pass
-        profiling = self._profiler_summary()
         start = float(self._metadata.get("start_timestamp", self._start_time))
         self._metadata.update(
             {
@@ -471,13 +485,22 @@ class ExperimentTracker:
                 "end_time": _now_iso(end),
                 "end_timestamp": end,
                 "duration_s": round(end - start, 3),
-                "summary": self.metrics.summary.to_dict() if self.metrics else None,
-                "events": dict(self.logger.counts),
             }
         )
-        if profiling is not None:
-            self._metadata["profiling"] = profiling
         try:
+            self._save_metadata()  # the outcome first; draining the sinks below can take a while
+            if self.metrics is not None:
+                self.metrics.close(exit_code=0 if status == "completed" else 1)  # drains the queue first
+            level = "info" if status == "completed" else ("error" if status == "failed" else "warning")
+            try:
+                self.logger.event("end", level, step=self._last_step(), status=status, message=text, traceback=tb)
+            except Exception:
+                pass
+            profiling = self._profiler_summary()
+            self._metadata["summary"] = self.metrics.summary.to_dict() if self.metrics else None
+            self._metadata["events"] = dict(self.logger.counts)
+            if profiling is not None:
+                self._metadata["profiling"] = profiling
             self._save_metadata()
         finally:
             if self._lock is not None:

@@ -1,0 +1,29 @@
+"""Export: ZeRO checkpoint shards -> a Hugging Face model folder (safetensors, config, tokenizer, manifest).
+
+``consolidate_checkpoint(ckpt_dir, out_dir, dtype="fp32", max_shard_size="5GB") -> Path`` is what the
+trainer calls for its final model; ``seo-dist consolidate`` and ``python -m seo_dist.export`` are the
+command line. Names are imported lazily: ``import seo_dist.export`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "consolidate": "seo_dist.export.consolidate",
+    "consolidate_checkpoint": "seo_dist.export.consolidate",
+    "ConsolidationResult": "seo_dist.export.consolidate",
+    "CorruptCheckpointError": "seo_dist.export.errors",
+    "NotACheckpointError": "seo_dist.export.errors",
+    "UnsupportedCheckpointError": "seo_dist.export.errors",
+    "read_weights": "seo_dist.export.readers",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'seo_dist.export' has no attribute {name!r}")
