@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,8 +59,11 @@ class ExperimentConfig:
         problems = []
         if self.metrics_logging_interval < 1:
             problems.append(f"experiment.metrics_logging_interval must be >= 1, got {self.metrics_logging_interval}")
-        if self.experiment_id is not None and (not self.experiment_id or "/" in self.experiment_id or self.experiment_id in (".", "..")):
+        if self.experiment_id is not None and (not self.experiment_id or "/" in self.experiment_id or "\x00" in self.experiment_id
+                                               or self.experiment_id in (".", "..")):
             problems.append(f"experiment.experiment_id must be a plain folder name, got {self.experiment_id!r}")
+        if "\x00" in self.base_dir:
+            problems.append(f"experiment.base_dir must be a path without NUL characters, got {self.base_dir!r}")
         if self.code_snapshot_max_mb <= 0:
             problems.append(f"experiment.code_snapshot_max_mb must be > 0, got {self.code_snapshot_max_mb}")
         return problems
@@ -203,6 +207,10 @@ class CheckpointConfig:
     """Content hash written into each manifest (computed while writing)."""
     on_error: Literal["raise", "warn"] = "raise"
     """A failed background save: stop training, or log an error event and go on."""
+    export_final: bool = True
+    """After a completed run, consolidate the final checkpoint into `artifacts/final_model` (Hugging Face folder)."""
+    export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weight dtype of the exported model."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -327,13 +335,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -375,6 +388,22 @@ def _build_section(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any
         except ConfigError as e:
             problems.append(str(e))
     return cls(**kwargs)
+
+
+def _non_string_keys(node: Any, prefix: str = "") -> list[str]:
+    """YAML allows ``1: x`` or ``true: x``; every config key must be a string (hashing, JSON and DeepSpeed need it)."""
+    problems = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if not isinstance(key, str):
+                problems.append(f"{where}: config keys must be strings, got {key!r}; quote it in the YAML")
+            else:
+                problems.extend(_non_string_keys(value, where))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            problems.extend(_non_string_keys(value, f"{prefix}[{i}]"))
+    return problems
 
 
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -454,8 +483,12 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(raw, key, value)
+    if not isinstance(raw["deepspeed"], dict):  # --set deepspeed=FILE (or a bad value)
+        raw["deepspeed"] = _load_deepspeed_section(raw["deepspeed"], base or Path.cwd())
 
-    problems: list[str] = []
+    problems: list[str] = _non_string_keys(raw)
+    if problems:
+        raise ConfigError("; ".join(problems))
     known = [*SECTIONS, "deepspeed"]
     sections: dict[str, Any] = {}
     for name, value in raw.items():

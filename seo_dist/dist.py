@@ -92,6 +92,31 @@ def get_dist_info() -> DistInfo:
     return DistInfo(rank, local_rank, world_size, local_world_size, _detect_launcher())
 
 
+def elastic_restart_count() -> int:
+    """How many times torchrun has restarted this job's workers (``--max-restarts``); 0 on the first attempt."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def launch_id() -> str | None:
+    """The torchrun agent that started this worker and restarts it after a failure, as ``host:pid:start time``.
+
+    The same across restarts of one job and never reused by another, so a restarted worker can find the
+    experiment of the previous attempt. None when not under torchrun.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    import psutil
+
+    try:
+        agent = psutil.Process(os.getppid())
+        return f"{hostname()}:{agent.pid}:{agent.create_time():.3f}"
+    except (psutil.Error, OSError):
+        return None
+
+
 def is_initialized() -> bool:
     return tdist.is_available() and tdist.is_initialized()
 
@@ -126,7 +151,20 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        attempt = elastic_restart_count()
+        if attempt > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun keeps one store (its agent's) for every attempt, so a restarted worker would read the
+            # addresses the failed attempt's ranks published there and connect to dead ports (gloo
+            # "connectFullMesh failed: Connection refused", then a hang; pytorch#167288). Each attempt gets
+            # its own namespace in that store.
+            agent_store = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
+                                         is_master=False, timeout=timeout)  # fmt: skip
+            store = tdist.PrefixStore(f"seo_dist/attempt_{attempt}", agent_store)
+            tdist.init_process_group(backend=backend, store=store, rank=info.rank, world_size=info.world_size,
+                                     timeout=timeout)  # fmt: skip
+        else:
+            tdist.init_process_group(backend=backend, timeout=timeout)
     return info
 
 

@@ -43,13 +43,15 @@ def resolve_job(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from seo_dist.checkpoint.errors import CheckpointSaveError
     from seo_dist.trainer import NonFiniteLossError, SEOTrainer
 
     job = resolve_job(args)
     _quiet_libraries()
     try:
         result = SEOTrainer(job, resume=args.resume).train()
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, CheckpointSaveError) as e:
+        # the run's outcome, not a bug: one line (metadata.json and events.jsonl hold the details and traceback)
         sys.stderr.write(f"seo_dist: training stopped: {e}\n")
         return 1
     finally:

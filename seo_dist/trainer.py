@@ -8,6 +8,8 @@ gather.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import random
 import signal
@@ -24,6 +26,12 @@ from seo_dist.config import JobConfig, resolve_deepspeed
 from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
 from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_NON_FINITE = 10
+"""With ``train.on_nan: skip``, this many non-finite micro-batches in a row mean the weights themselves
+have diverged (skipping cannot help): the run stops as with ``stop`` instead of looping forever."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,6 +94,7 @@ class SEOTrainer:
         self.checkpoints: Any = None
         self.profiler: Any = None
         self.engine: Any = None
+        self._last_checkpoint: Path | None = None
         self._stop = _StopFlag()
 
     # ------------------------------------------------------------------ setup
@@ -161,6 +170,7 @@ class SEOTrainer:
         try:
             loaded = self.checkpoints.load_checkpoint(target, self.engine)
         except NoCheckpointError:
+            self.tracker.set_resume_step(-1)  # starting over: rows the earlier attempt logged would be duplicates
             self.tracker.log_event("resume_without_checkpoint", step=0,
                                    message=f"{self.resume} has no checkpoint yet; training starts at step 0")
             return False
@@ -172,23 +182,78 @@ class SEOTrainer:
         self.tracker.log_event("resumed", step=self.step, path=str(loaded["path"]))
         return True
 
-    def _save(self, metrics: dict[str, float], *, final: bool = False) -> None:  # noqa: ARG002
-        """Save on every rank; log how long the loop was blocked (``ckpt/stall_s``)."""
+    def _save(self, metrics: dict[str, float], *, final: bool = False) -> None:
+        """Save on every rank; log how long the loop was blocked (``ckpt/stall_s``). The final save is
+        synchronous: it is committed when this returns (a pre-empted job may be killed right after)."""
         start = time.perf_counter()
-        self.checkpoints.save_checkpoint(
+        self._last_checkpoint = self.checkpoints.save_checkpoint(
             self.engine, step=self.step, metrics=metrics, epoch=self.loader.epoch,
-            rank_state={"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen})
+            rank_state={"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen},
+            blocking=True if final else None)
         self.tracker.log_metrics({"ckpt/stall_s": time.perf_counter() - start}, step=self.step)
 
     def _start_tracking(self) -> Path | None:
         from seo_dist.tracking import ExperimentTracker
 
         exp_cfg = self.job.experiment
+        restart = self._resume_after_restart()
         resume_dir = self._resume_experiment_dir()
         if resume_dir is not None:
             exp_cfg.base_dir, exp_cfg.experiment_id = str(resume_dir.parent), resume_dir.name
         self.tracker = ExperimentTracker(exp_cfg, code_profiler=None, job_config=self.job)
-        return self.tracker.start_experiment(resume=resume_dir is not None)
+        exp_dir = self.tracker.start_experiment(resume=resume_dir is not None)
+        if restart is not None:
+            attempt, previous = restart
+            if previous is not None:
+                self.tracker.log_event("restart_resumed", attempt=attempt, path=previous)
+            else:
+                self.tracker.log_event("restart_not_resumed", level="warning", attempt=attempt,
+                                       message="torchrun restarted the workers but the previous attempt left no "
+                                               "experiment to continue; training starts at step 0")
+        if dist.is_rank_zero() and exp_cfg.tracking_enabled:
+            self.tokenizer.save_pretrained(str(exp_dir / "artifacts" / "tokenizer"))
+        return exp_dir
+
+    def _resume_after_restart(self) -> tuple[int, str | None] | None:
+        """Under ``torchrun --max-restarts``, restarted workers continue the previous attempt's experiment from
+        its latest valid checkpoint instead of starting a new one at step 0 (with ``--resume``: the experiment
+        of the given folder, from its latest checkpoint). Collective; returns ``(attempt, experiment dir or
+        None)`` on a restart, else None."""
+        attempt = dist.elastic_restart_count()
+        if attempt == 0:
+            return None
+        if self.resume is not None:
+            if self.resume.parent.name == "checkpoints":  # that folder is older than what the last attempt saved
+                self.resume = self.resume.parent.parent
+            return attempt, str(self.resume)
+        previous = dist.broadcast_object(self._previous_attempt_dir() if dist.is_rank_zero() else None)
+        if previous is not None:
+            self.resume = Path(previous)
+        return attempt, previous
+
+    def _previous_attempt_dir(self) -> str | None:
+        """Rank 0: the experiment ``experiment.experiment_id`` names, or else the newest one started by this
+        torchrun agent (``metadata.json`` records its launch id)."""
+        exp = self.job.experiment
+        base = Path(exp.base_dir).expanduser()
+        if exp.experiment_id is not None:
+            candidate = base / exp.experiment_id
+            usable = (candidate / "metadata.json").is_file() or (candidate / "checkpoints").is_dir()
+            return str(candidate.absolute()) if usable else None
+        me = dist.launch_id()
+        if me is None or not base.is_dir():
+            return None
+        newest: tuple[float, Path] | None = None
+        for meta_path in base.glob("*/metadata.json"):
+            try:
+                meta = json.loads(meta_path.read_text())
+                started = float(meta.get("start_timestamp") or 0.0)
+            except (OSError, ValueError, TypeError):
+                continue
+            if isinstance(meta, dict) and (meta.get("world") or {}).get("launch_id") == me:
+                if newest is None or started > newest[0]:
+                    newest = (started, meta_path.parent)
+        return str(newest[1].absolute()) if newest is not None else None
 
     def _resume_experiment_dir(self) -> Path | None:
         if self.resume is None:
@@ -222,6 +287,8 @@ class SEOTrainer:
             seed_everything(job.train.seed + info.rank)
             resumed = self._restore()  # after seeding: a checkpoint restores every RNG
             self._train_loop(info, result, resumed)
+            if self.checkpoints is not None:
+                self.checkpoints.close()  # the save in flight is committed (or its failure raised) before "completed"
             result.status = "interrupted" if self._stop.signum is not None else "completed"
             self.tracker.end_experiment(result.status)
         except BaseException as e:
@@ -231,11 +298,22 @@ class SEOTrainer:
                 self.tracker.end_experiment(status, error=e)
             raise
         finally:
+            self._close_checkpoints()
             self._stop.restore()
             if self.profiler is not None:
                 self.profiler.close()
         result.step = self.step
         return result
+
+    def _close_checkpoints(self) -> None:
+        """Finish the save in flight before the process group goes away (idempotent). On the error path its
+        own failure is only logged: the run already failed for another reason."""
+        if self.checkpoints is None:
+            return
+        try:
+            self.checkpoints.close()
+        except Exception as e:  # noqa: BLE001
+            log.error("checkpoint save in flight failed while stopping: %s: %s", type(e).__name__, e)
 
     def _train_loop(self, info: dist.DistInfo, result: TrainResult, resumed: bool) -> None:
         from tqdm import tqdm
@@ -252,11 +330,15 @@ class SEOTrainer:
         stop, step_metrics = False, {}
         window_loss, window_steps, window_start = 0.0, 0, loop_start
         while self.step < t.max_steps:
-            loss, stop = self._train_step()
+            loss, stop, ckpt_failed = self._train_step()
             self.step += 1
             self.tokens_seen += tokens_per_step
             window_loss, window_steps = window_loss + loss, window_steps + 1
             self.profiler.step_end(self.step)
+            if self.checkpoints is not None:
+                if ckpt_failed:  # every rank raises the failed save's error at this same step
+                    self.checkpoints.wait()
+                self._log_checkpoint_stats(self.checkpoints.poll(raise_errors=False))
             if self.step % t.log_interval == 0 or self.step == t.max_steps or stop:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
@@ -283,6 +365,36 @@ class SEOTrainer:
             self._log({"val/loss": result.final_val_loss}, result)
         if self.checkpoints is not None and self.checkpoints.should_save(self.step, final=True):
             self._save(step_metrics, final=True)
+            self._log_checkpoint_stats(self.checkpoints.poll(raise_errors=False))
+            if not stop and self.job.checkpoint.export_final:
+                self._export_final()
+
+    def _export_final(self) -> None:
+        """Rank 0 consolidates the final checkpoint into a Hugging Face folder; a failure is an event, not a crash.
+
+        No collective follows this on purpose: a large export may outlast the process group's timeout.
+        """
+        if not dist.is_rank_zero():
+            return
+        from seo_dist.export import consolidate_checkpoint
+
+        out = self._result.exp_dir / "artifacts" / "final_model"
+        start = time.perf_counter()
+        try:
+            consolidate_checkpoint(self._last_checkpoint, out, dtype=self.job.checkpoint.export_dtype)
+        except Exception as e:  # the checkpoint is safe; only the convenience copy failed
+            self.tracker.log_event("export_failed", step=self.step, level="error", error=f"{type(e).__name__}: {e}")
+            return
+        self.tracker.log_event("model_exported", step=self.step, path=str(out), seconds=time.perf_counter() - start)
+
+    def _log_checkpoint_stats(self, finished: list[dict[str, Any]]) -> None:
+        """``ckpt/*`` metrics of saves whose background work just finished (rank 0 logs them)."""
+        for stats in finished:
+            if stats.get("error"):
+                continue  # reported as a checkpoint_save_failed event (checkpoint.on_error=warn)
+            metrics = {f"ckpt/{k}": float(stats[k]) for k in ("stage_s", "write_s", "bytes", "write_gbps", "commit_s")
+                       if stats.get(k) is not None}
+            self.tracker.log_metrics(metrics, step=self.step)  # at the current step: rows stay in step order
 
     def _with_best_metric(self, metrics: dict[str, float]) -> dict[str, float]:
         """Checkpoint metrics; a ``val/`` best metric not measured at this step is measured now."""
@@ -292,11 +404,15 @@ class SEOTrainer:
             self._log({best: metrics[best]}, self._result)
         return metrics
 
-    def _train_step(self) -> tuple[float, bool]:
-        """One optimizer step (``grad_accum`` micro-batches); returns (global mean loss, stop requested)."""
+    def _train_step(self) -> tuple[float, bool, bool]:
+        """One optimizer step (``grad_accum`` micro-batches).
+
+        Returns (global mean loss, any rank asked to stop, any rank's background checkpoint save failed):
+        the flags ride on the loss all-reduce so that every rank acts on them at the same step.
+        """
         engine, t = self.engine, self.job.train
-        total, micro = 0.0, 0
-        stop = False
+        total, micro, skipped = 0.0, 0, 0
+        stop = ckpt_failed = False
         prof = self.profiler
         while micro < t.grad_accum:
             with prof.oom_guard():
@@ -306,26 +422,36 @@ class SEOTrainer:
                     loss = engine(**batch).loss
                 with prof.phase("loss_sync"):
                     local = loss.detach().float().item()
-                    # global sum of losses, number of non-finite ranks, number of ranks asked to stop
-                    loss_sum, bad, stops = dist.all_reduce_sum([local if math.isfinite(local) else 0.0,
-                                                                0.0 if math.isfinite(local) else 1.0,
-                                                                1.0 if self._stop.signum is not None else 0.0])
+                    # global sum of losses; ranks with a non-finite loss, asked to stop, with a failed save
+                    failed_here = self.checkpoints is not None and self.checkpoints.failed
+                    loss_sum, bad, stops, failures = dist.all_reduce_sum([
+                        local if math.isfinite(local) else 0.0, 0.0 if math.isfinite(local) else 1.0,
+                        1.0 if self._stop.signum is not None else 0.0, 1.0 if failed_here else 0.0])
                 stop = stop or stops > 0
+                ckpt_failed = ckpt_failed or failures > 0
                 if bad:
-                    self._on_non_finite(local)
+                    skipped += 1
+                    self._on_non_finite(local, skipped)
                     continue  # 'skip': drop this micro-batch on every rank (no backward, no step)
+                skipped = 0
                 with prof.phase("backward"):
                     engine.backward(loss)
                 with prof.phase("optimizer"):
                     engine.step()
             total += loss_sum / dist.get_world_size()
             micro += 1
-        return total / t.grad_accum, stop
+        return total / t.grad_accum, stop, ckpt_failed
 
-    def _on_non_finite(self, local_loss: float) -> None:
-        self.tracker.log_event("non_finite_loss", step=self.step, local_loss=str(local_loss), policy=self.job.train.on_nan)
-        if self.job.train.on_nan == "stop":
+    def _on_non_finite(self, local_loss: float, in_a_row: int) -> None:
+        policy = self.job.train.on_nan
+        self.tracker.log_event("non_finite_loss", step=self.step, level="error" if policy == "stop" else "warning",
+                               local_loss=str(local_loss), policy=policy, in_a_row=in_a_row)
+        if policy == "stop":
             raise NonFiniteLossError(f"loss became non-finite at step {self.step} (train.on_nan=stop)")
+        if in_a_row >= MAX_CONSECUTIVE_NON_FINITE:
+            raise NonFiniteLossError(f"loss stayed non-finite for {in_a_row} micro-batches in a row at step {self.step}: "
+                                     f"the weights have diverged and skipping cannot recover (lower train.lr, or resume "
+                                     f"from an earlier checkpoint)")
 
     @torch.no_grad()
     def evaluate(self) -> float:

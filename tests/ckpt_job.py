@@ -6,8 +6,12 @@ events, errors) under OUT for the test to check.
     torchrun --nproc-per-node 2 tests/ckpt_job.py crash OUT
     torchrun --nproc-per-node 2 tests/ckpt_job.py resume OUT
     torchrun --nproc-per-node 1 tests/ckpt_job.py worldsize OUT
+    torchrun --nproc-per-node 2 tests/ckpt_job.py async OUT --stages 2,3   (test_checkpoint_async.py)
+    torchrun --nproc-per-node 2 tests/ckpt_job.py async_kill OUT           (runs until the test kills it)
+    torchrun --nproc-per-node 2 tests/ckpt_job.py async_resume OUT
 
-Fault injection (crash mode) wraps library functions from here, so the library has no test hooks.
+Fault injection: the crash mode wraps library functions from here; the async modes, whose writes run on
+the background thread, use the environment variables of seo_dist.checkpoint.faults.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +35,13 @@ from seo_dist.checkpoint import CheckpointManager, CheckpointStrategy
 from seo_dist.checkpoint import commit as commit_module
 from seo_dist.checkpoint.deepspeed_engine import HashingCheckpointEngine
 from seo_dist.checkpoint.errors import CheckpointSaveError, IncompatibleCheckpointError
+from seo_dist.checkpoint.faults import DELAY_ENV, FAULT_ENV
+from seo_dist.checkpoint.index import read_latest
+from seo_dist.checkpoint.layout import checkpoint_name, staging_name
 
 VOCAB, DIM, HIDDEN, MB, SEQ = 64, 32, 64, 2, 8
 VAL_LOSS = {2: 1.0, 4: 3.0, 6: 2.5, 8: 2.0}  # step 2 is the best; retention keep_last=2 must still keep it
+WRITE_DELAY_S = 1.0  # async modes: the background writer sleeps this long before each file it writes
 
 
 class TinyLM(torch.nn.Module):
@@ -279,14 +288,232 @@ def worldsize(out: Path) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- asynchronous saves
+
+
+def async_manager(root: Path, events: list, **kwargs: Any) -> CheckpointManager:
+    """A background-saving manager (collective: it creates its gloo group)."""
+    return make_manager(root, events, async_save=True, **kwargs)
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (what a trainer folds into its per-step all-reduce)."""
+    return dist.all_reduce_sum([1.0 if flag else 0.0])[0] > 0
+
+
+def poll_until_done(mgr: CheckpointManager, engine: Any, first_step: int) -> dict[str, Any]:
+    """Train while a background save runs, polling every step, until some rank sees it finish; then the
+    others wait for it (ranks learn of a finished save up to a step apart). How each rank learnt of it."""
+    for i in range(1, 2000):
+        train_step(engine, first_step + i)
+        seen: dict[str, Any] = {}
+        try:
+            done = mgr.poll()
+            if done:
+                seen = {"via": "poll", "steps": i, "stats": done}
+        except CheckpointSaveError as e:
+            seen = {"via": "poll", "steps": i, "raised": str(e)}
+        if agree(bool(seen)):
+            if not seen:
+                try:
+                    seen = {"via": "wait", "steps": i, "stats": mgr.wait()}
+                except CheckpointSaveError as e:
+                    seen = {"via": "wait", "steps": i, "raised": str(e)}
+            return seen
+        time.sleep(0.01)
+    raise RuntimeError("the background save never finished")
+
+
+def async_train_and_resume(out: Path, stage: int) -> tuple[Any, Path, list]:
+    """A: 8 steps, background saves at 2, 4, 6 and a blocking one at 8 (the final save). The save at 2 is
+    slowed down (WRITE_DELAY_S before each file): training returns at once and changes every tensor before
+    the writer reads its staged copy. B: fresh engines load steps 6 and 2; training 7-8 from 6 repeats A."""
+    out = out / f"async_zero{stage}"
+    out.mkdir(parents=True, exist_ok=True)
+    root = out / "checkpoints"
+    events: list = []
+    rank = dist.get_rank()
+    engine = build_engine(stage, seed=0)
+    mgr = async_manager(root, events)
+    mgr.sweep_abandoned()
+    losses_a: dict[int, float] = {}
+    finished: list[dict[str, Any]] = []
+    timeline: dict[str, Any] = {}
+    for step in range(1, 9):
+        losses_a[step] = train_step(engine, step)
+        finished += mgr.poll()
+        if step == 3:
+            timeline["mutated_after_s"] = time.perf_counter() - timeline.pop("returned_at")
+            timeline["in_flight_after_mutation"] = mgr.in_flight
+        if not mgr.should_save(step):
+            continue
+        metrics = {"val/loss": VAL_LOSS[step], "train/loss": losses_a[step]}
+        if step == 2:
+            os.environ[DELAY_ENV] = str(WRITE_DELAY_S)
+        elif step == 4:
+            os.environ.pop(DELAY_ENV)  # the save at 2 is still writing: the save at 4 must wait for it
+        start = time.perf_counter()
+        path = mgr.save_checkpoint(
+            engine,
+            step=step,
+            metrics=metrics,
+            epoch=step // 4,
+            rank_state={"data_step": step, "rank": rank},
+            blocking=True if step == 8 else None,
+        )
+        timeline[f"save{step}"] = {
+            "returned_s": time.perf_counter() - start,
+            "in_flight": mgr.in_flight,
+            "path": str(path),
+        }
+        if step == 2:
+            timeline["returned_at"] = time.perf_counter()
+        if step == 8 and rank == 0:
+            timeline["final"] = {
+                "latest": read_latest(root),
+                "manifest": (root / checkpoint_name(8) / "manifest.json").is_file(),
+            }
+        dump(out, f"A{step}", snapshot(engine, stage))
+    finished += mgr.wait()
+    mgr.close()
+    del engine
+
+    engine_b = build_engine(stage, seed=123)
+    mgr_b = async_manager(root, events)
+    loaded6 = mgr_b.load_checkpoint(root / checkpoint_name(6), engine_b)
+    dump(out, "B6", snapshot(engine_b, stage))
+    losses_b = {step: train_step(engine_b, step) for step in (7, 8)}
+    engine_c = build_engine(stage, seed=456)
+    mgr_b.load_checkpoint(root / checkpoint_name(2), engine_c)
+    dump(out, "B2", snapshot(engine_c, stage))
+    mgr_b.close()
+    del engine_c
+    write_json(
+        out / f"async_rank{rank}.json",
+        {
+            "losses_a": losses_a,
+            "losses_b": losses_b,
+            "finished": finished,
+            "timeline": timeline,
+            "loaded6": {"name": loaded6["name"], "rank_state": loaded6["rank_state"]},
+        },
+    )
+    if rank == 0:
+        write_json(out / "events.json", events)
+    return engine_b, root, events
+
+
+def async_failures(out: Path, engine: Any, root: Path, events: list) -> None:
+    """An injected ENOSPC in rank 1's background write: raised on both ranks (on_error=raise), then logged and
+    survived (on_error=warn); nothing committed, latest unchanged; the next save commits."""
+    rank = dist.get_rank()
+    record: dict[str, Any] = {}
+    os.environ[FAULT_ENV] = "ENOSPC:optim_states@1"
+    mgr = async_manager(root, events)
+    before = read_latest(root)
+    mgr.save_checkpoint(engine, step=10, metrics={"val/loss": 9.0}, rank_state={"data_step": 10})
+    record["raise"] = poll_until_done(mgr, engine, 10)
+    record["raise"]["latest_before"], record["raise"]["latest_after"] = before, read_latest(root)
+    record["raise"]["listing"] = sorted(p.name for p in root.iterdir())
+    mgr.close()
+
+    mgr_w = async_manager(root, events, on_error="warn")
+    mgr_w.save_checkpoint(engine, step=12, metrics={"val/loss": 9.0}, rank_state={"data_step": 12})
+    record["warn"] = poll_until_done(mgr_w, engine, 12)
+    record["warn"]["latest_after"] = read_latest(root)
+    os.environ.pop(FAULT_ENV)
+    mgr_w.save_checkpoint(engine, step=14, metrics={"val/loss": 9.0}, rank_state={"data_step": 14})
+    record["warn"]["next_save"] = mgr_w.wait()
+    record["warn"]["latest_next"] = read_latest(root)
+    mgr_w.close()
+    write_json(out / f"failures_rank{rank}.json", record)
+    if rank == 0:
+        write_json(out / "failure_events.json", events)
+
+
+def async_exit_in_flight(out: Path, engine: Any, root: Path) -> None:
+    """A background save still writing when the script ends without wait() or close(): the interpreter joins the
+    writer thread, so the checkpoint is committed before the process exits."""
+    mgr = async_manager(root, [])
+    os.environ[DELAY_ENV] = "0.5"
+    mgr.save_checkpoint(engine, step=16, metrics={"val/loss": 9.0}, rank_state={"data_step": 16})
+    write_json(out / f"exit_rank{dist.get_rank()}.json", {"in_flight": mgr.in_flight, "time": time.time()})
+
+
+def async_mode(out: Path, stages: list[int]) -> None:
+    engine = root = events = None
+    for stage in stages:
+        engine, root, events = async_train_and_resume(out, stage)
+    async_failures(out / f"async_zero{stages[-1]}", engine, root, events)
+    async_exit_in_flight(out / f"async_zero{stages[-1]}", engine, root)
+
+
+def async_kill(out: Path) -> None:
+    """Save 2 commits; save 3 is slowed down and still writing when the test SIGKILLs the whole job."""
+    out.mkdir(parents=True, exist_ok=True)
+    rank = dist.get_rank()
+    engine = build_engine(2, seed=0)
+    mgr = async_manager(out / "checkpoints", [], strategy=CheckpointStrategy(save_interval=1, max_checkpoints=3))
+    mgr.sweep_abandoned()
+    for step in (1, 2):
+        train_step(engine, step)
+    mgr.save_checkpoint(engine, step=2, rank_state={"data_step": 2})
+    mgr.wait()
+    dump(out, "kill2", snapshot(engine, 2))
+    train_step(engine, 3)
+    os.environ[DELAY_ENV] = "120"
+    mgr.save_checkpoint(engine, step=3, rank_state={"data_step": 3})
+    (out / f"inflight_rank{rank}.txt").write_text(str(mgr.in_flight))
+    deadline = time.time() + 120
+    step = 4
+    while time.time() < deadline:  # training goes on until the kill
+        train_step(engine, step)
+        step += 1
+        time.sleep(0.05)
+    (out / f"survived_rank{rank}.txt").write_text("the kill did not happen")
+
+
+def async_resume(out: Path) -> None:
+    """After the kill: sweep, load latest (step 2), train, save in the background, then a final blocking save."""
+    rank = dist.get_rank()
+    engine = build_engine(2, seed=99)
+    mgr = async_manager(out / "checkpoints", [], strategy=CheckpointStrategy(save_interval=1, max_checkpoints=3))
+    swept = mgr.sweep_abandoned()
+    loaded = mgr.load_latest_checkpoint(engine)
+    dump(out, "resumed", snapshot(engine, 2))
+    train_step(engine, 3)
+    mgr.save_checkpoint(engine, step=3, rank_state={"data_step": 3})
+    train_step(engine, 4)
+    final = mgr.save_checkpoint(engine, step=4, rank_state={"data_step": 4}, blocking=True)
+    done = mgr.close()
+    write_json(
+        out / f"resume_rank{rank}.json",
+        {
+            "swept": [str(p) for p in swept],
+            "loaded": loaded["name"],
+            "final": str(final),
+            "done": done,
+            "staging_left": (out / "checkpoints" / staging_name(3)).exists(),
+        },
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["roundtrip", "crash", "resume", "worldsize"])
+    parser.add_argument(
+        "mode", choices=["roundtrip", "crash", "resume", "worldsize", "async", "async_kill", "async_resume"]
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--stages", default="1,2,3")
     args = parser.parse_args()
     dist.init_distributed()
     deepspeed.init_distributed(dist_backend="gloo")
+    if args.mode == "async":  # no close(), no process-group teardown: it exits with a save in flight on purpose
+        async_mode(args.out, [int(s) for s in args.stages.split(",")])
+        return 0
+    if args.mode in ("async_kill", "async_resume"):
+        (async_kill if args.mode == "async_kill" else async_resume)(args.out)
+        return 0
     try:
         if args.mode == "roundtrip":
             for stage in (int(s) for s in args.stages.split(",")):

@@ -106,3 +106,44 @@ def test_python_entry_unknown_flag_is_usage_error(tmp_path, cache_dir):
     proc = subprocess.run([PYTHON, "-m", "seo_dist.train", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--bogus"],
                           cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
+def test_default_job_leaves_a_complete_experiment(default_run):
+    """One directory with metadata, metrics, TensorBoard, verified checkpoints and an exported model."""
+    import json
+
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from seo_dist.checkpoint import verify_checkpoint
+    from seo_dist.data import format_prompt, load_corpus
+
+    (exp,) = default_run.exp_dirs()
+    meta = json.loads((exp / "metadata.json").read_text())
+    assert meta["status"] == "completed" and meta["world"]["size"] == 2
+    rows = read_jsonl(exp / "metrics" / "metrics.jsonl")
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 150
+    tb_files = list((exp / "logs").rglob("events.out.tfevents.*"))
+    assert len(tb_files) == 1
+    acc = EventAccumulator(str(tb_files[0].parent))
+    acc.Reload()
+    assert len(acc.Scalars("train/loss")) == len(steps)
+
+    ckpts = exp / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_00000150"
+    committed = sorted(p.name for p in ckpts.glob("step_*"))
+    assert committed[-1] == "step_00000150" and not any(n.endswith(".tmp") for n in committed)
+    for name in committed:
+        report = verify_checkpoint(ckpts / name)
+        assert report.ok, report.summary()
+
+    final = exp / "artifacts" / "final_model"
+    model = AutoModelForCausalLM.from_pretrained(str(final))
+    tok = AutoTokenizer.from_pretrained(str(final))
+    record = load_corpus().records[0]
+    ids = tok(format_prompt(record), return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()
+    assert loss < 7.0  # trained, not a fresh initialisation (~7.6)

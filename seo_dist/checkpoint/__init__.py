@@ -1,8 +1,9 @@
 """Sharded, hash-validated, atomically committed checkpoints (DeepSpeed-compatible layout).
 
 Layer 1 (no DeepSpeed): :mod:`.hashing`, :mod:`.storage`, :mod:`.manifest`, :mod:`.commit`, :mod:`.verify`,
-:mod:`.retention`, :mod:`.index`. Layer 2: :mod:`.deepspeed_engine` (a DeepSpeed ``CheckpointEngine``) and
-:mod:`.torch_backend`. The brief's API: :class:`CheckpointStrategy`, :class:`CheckpointManager`,
+:mod:`.retention`, :mod:`.index`, and for asynchronous saves :mod:`.staging` (host copies) and :mod:`.async_save`
+(the writer thread); :mod:`.faults` injects write failures. Layer 2: :mod:`.deepspeed_engine` (a DeepSpeed
+``CheckpointEngine``) and :mod:`.torch_backend`. The brief's API: :class:`CheckpointStrategy`, :class:`CheckpointManager`,
 :class:`AdvancedCheckpointManager`. Names are imported lazily so that ``seo-dist verify`` stays light.
 """
 

@@ -5,6 +5,7 @@
 every rank; ``*_optim_states.pt`` from every rank); each call streams ``torch.save`` through a
 :class:`~.hashing.HashingWriter` and records (relative path, size, hash) for the manifest. The files
 keep DeepSpeed's names and layout, so ``engine.load_checkpoint`` and ``zero_to_fp32`` read our folders.
+:class:`StagingCheckpointEngine` is the asynchronous variant: it copies instead of writing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from seo_dist.checkpoint.commit import describe_error
 from seo_dist.checkpoint.errors import CheckpointError, IncompatibleCheckpointError
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.manifest import Manifest
+from seo_dist.checkpoint.staging import HostStager, StagedFile
 
 ENGINE_NAME = "SeoDistHashingCheckpointEngine"
 
@@ -28,7 +30,7 @@ class HashingCheckpointEngine(CheckpointEngine):
 
     A write error is recorded instead of raised so that this rank still reaches DeepSpeed's barriers
     and the commit, where every rank learns that the save failed (no rank hangs on a dead peer).
-    Override :meth:`write_file` to stage instead of write (the async path).
+    Override :meth:`accept` to do something else with each file (the async path stages it).
     """
 
     def __init__(self, algorithm: str) -> None:
@@ -55,9 +57,13 @@ class HashingCheckpointEngine(CheckpointEngine):
             self.errors.append(f"{path}: outside the checkpoint folder {self.folder}")
             return
         try:
-            self.records.append(self.write_file(state_dict, self.folder, relpath))
+            self.accept(state_dict, relpath)
         except Exception as e:  # noqa: BLE001 - reported through the commit, see class docstring
             self.errors.append(f"{relpath}: {describe_error(e)}")
+
+    def accept(self, state_dict: Any, relpath: str) -> None:
+        """Handle one file of the save: written (and hashed) now. Subclasses may defer the write."""
+        self.records.append(self.write_file(state_dict, self.folder, relpath))
 
     def write_file(self, state_dict: Any, folder: Path, relpath: str) -> FileRecord:
         return write_torch_file(state_dict, folder, relpath, self.algorithm)
@@ -72,10 +78,33 @@ class HashingCheckpointEngine(CheckpointEngine):
         Path(path).mkdir(parents=True, exist_ok=exist_ok)
 
 
+class StagingCheckpointEngine(HashingCheckpointEngine):
+    """Copies each file's state into host buffers during ``engine.save_checkpoint`` and writes nothing.
+
+    DeepSpeed's ``save()`` hands over live tensors (NOTES.md), so the copy must be taken before it
+    returns; :attr:`staged` then goes to the background writer. Staging errors (e.g. out of host
+    memory) are recorded like write errors and fail the save on every rank at its commit.
+    """
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(algorithm)
+        self.stager: HostStager | None = None
+        self.staged: list[StagedFile] = []
+
+    def create(self, info: CheckpointCommitInfo) -> None:
+        super().create(info)
+        self.staged = []
+
+    def accept(self, state_dict: Any, relpath: str) -> None:
+        if self.stager is None:
+            raise CheckpointError("StagingCheckpointEngine.stager is not set")
+        self.staged.append(self.stager.stage(relpath, state_dict))
+
+
 def install_checkpoint_engine(
     engine: Any, algorithm: str, cls: type[HashingCheckpointEngine] = HashingCheckpointEngine
 ) -> HashingCheckpointEngine:
-    """Make ``engine`` write through a ``cls`` instance (idempotent); the async path passes its staging subclass."""
+    """Make ``engine`` write through a ``cls`` instance (idempotent)."""
     current = getattr(engine, "checkpoint_engine", None)
     if type(current) is cls and current.algorithm == algorithm:
         return current
@@ -115,6 +144,18 @@ class DeepSpeedBackend:
     def write(self, root: Path, staging: Path) -> tuple[list[FileRecord], list[str]]:
         self.engine.save_checkpoint(str(root), tag=staging.name, client_state={}, save_latest=False)
         return list(self.adapter.records), list(self.adapter.errors)
+
+    def stage(self, root: Path, staging: Path, stager: HostStager) -> tuple[list[StagedFile], list[str]]:
+        """DeepSpeed's save with every file copied to host buffers instead of written (collective on
+        the training group, like :meth:`write`); the files are written later by the background writer."""
+        adapter = StagingCheckpointEngine(self.adapter.algorithm)
+        adapter.stager = stager
+        previous, self.engine.checkpoint_engine = self.engine.checkpoint_engine, adapter
+        try:
+            self.engine.save_checkpoint(str(root), tag=staging.name, client_state={}, save_latest=False)
+        finally:
+            self.engine.checkpoint_engine = previous
+        return adapter.staged, adapter.errors
 
     def check_compatible(self, manifest: Manifest, folder: Path, world_size: int, load_optimizer_states: bool) -> None:
         if manifest.engine != self.engine_name:

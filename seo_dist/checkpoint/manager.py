@@ -3,20 +3,30 @@
 Every public method that saves or loads is collective: all ranks call it with the same arguments.
 Rank 0 alone writes the manifest, ``latest`` and ``index.json``, deletes folders and emits events;
 whatever it decides is broadcast, and its errors are re-raised on every rank.
+
+With ``async_save`` a save blocks training only while each rank copies its state to host buffers;
+writing, hashing, fsync and the commit run on a background thread (:mod:`.async_save`) whose
+collectives use the manager's own gloo group. :meth:`CheckpointManager.poll` (every step) and
+:meth:`CheckpointManager.wait` hand back the finished saves' stats and raise their errors.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from seo_dist import dist
+from seo_dist.checkpoint.async_save import BackgroundWriter, write_staged
 from seo_dist.checkpoint.commit import RankOutcome, commit_checkpoint, describe_error, prepare_staging, run_on_rank_zero
-from seo_dist.checkpoint.errors import DiskSpaceError, ManifestError, NoValidCheckpointError
+from seo_dist.checkpoint.errors import CheckpointSaveError, DiskSpaceError, ManifestError, NoValidCheckpointError
 from seo_dist.checkpoint.hashing import ALGORITHMS, DEFAULT_ALGORITHM, FileRecord, write_torch_file
 from seo_dist.checkpoint.index import (
     build_index,
@@ -27,10 +37,11 @@ from seo_dist.checkpoint.index import (
     write_index,
     write_latest,
 )
-from seo_dist.checkpoint.layout import MANIFEST, TORCH_STATE_FILE, rank_state_file
+from seo_dist.checkpoint.layout import MANIFEST, TORCH_STATE_FILE, checkpoint_name, rank_state_file
 from seo_dist.checkpoint.manifest import Manifest, clean_metrics, collect_versions, read_manifest
 from seo_dist.checkpoint.retention import CheckpointInfo, best_checkpoint, plan_deletions, plan_space_pruning
 from seo_dist.checkpoint.selection import load_candidates
+from seo_dist.checkpoint.staging import HostStager, StagedFile
 from seo_dist.checkpoint.storage import disk_free_bytes, remove_folder, sweep_abandoned
 from seo_dist.checkpoint.strategy import CheckpointStrategy
 from seo_dist.checkpoint.verify import VERIFY_MODES, extra_files, verify_files
@@ -39,6 +50,17 @@ log = logging.getLogger(__name__)
 
 EventFn = Callable[..., Any]
 """``event_fn(name, **fields)``; the trainer passes ``tracker.log_event``."""
+
+ON_ERROR_MODES = ("raise", "warn")
+
+
+@dataclass(frozen=True, slots=True)
+class _SaveTarget:
+    """What the commit needs to know about the backend, read on the training thread before the save goes
+    to the background (the writer thread never touches the engine)."""
+
+    zero_stage: int
+    engine_name: str
 
 
 def _is_deepspeed_engine(obj: Any) -> bool:
@@ -60,6 +82,15 @@ def config_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) ->
     return sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...))
 
 
+def _write_stats(outcome: RankOutcome, write_s: float) -> dict[str, Any]:
+    rank_bytes = sum(r.size for r in outcome.records)
+    return {
+        "write_s": write_s,
+        "rank_bytes": rank_bytes,
+        "write_gbps": rank_bytes / 1e9 / write_s if write_s > 0 else 0.0,
+    }
+
+
 class CheckpointManager:
     """Save, verify, retain and load checkpoints under ``checkpoint_dir`` (``<experiment>/checkpoints``).
 
@@ -78,7 +109,16 @@ class CheckpointManager:
         tracked_metrics: more metrics to track the best of (``{name: maximize}``), besides ``strategy.best_metric``.
         disk_headroom: free space required before a save, as a multiple of the expected checkpoint size.
         prune_for_space: when space is short, delete the oldest unprotected checkpoints first (else fail).
-        group: process group for the manager's collectives (the async writer passes its own gloo group).
+        group: process group for the manager's collectives. Background commits never use the training
+            group: with no group given, the manager creates its own gloo group (a collective, so every rank
+            constructs the manager) when ``async_save`` is on, or at the first background save if
+            ``torch.distributed`` was not initialised yet.
+        async_save: stage to host buffers and write/commit in the background (see :meth:`save_checkpoint`).
+            Off by default here, so that the brief's ``save_checkpoint`` returns a committed checkpoint;
+            :meth:`from_config` follows ``checkpoint.async_save`` (on by default).
+        on_error: a failed save (``CheckpointSaveError``) is raised on the training thread (``raise``), or
+            logged (event ``checkpoint_save_failed``, error level) while training goes on (``warn``).
+        pin_memory: pinned staging buffers for CUDA tensors (default: when CUDA is available).
     """
 
     def __init__(
@@ -95,6 +135,9 @@ class CheckpointManager:
         disk_headroom: float = 1.1,
         prune_for_space: bool = True,
         group: Any = None,
+        async_save: bool = False,
+        on_error: str = "raise",
+        pin_memory: bool | None = None,
     ) -> None:
         if hash_algorithm not in ALGORITHMS:
             raise ValueError(f"hash_algorithm must be one of {', '.join(ALGORITHMS)}, got {hash_algorithm!r}")
@@ -102,6 +145,8 @@ class CheckpointManager:
             raise ValueError(f"verify_on_load must be one of {', '.join(VERIFY_MODES)}, got {verify_on_load!r}")
         if disk_headroom < 1.0:
             raise ValueError(f"disk_headroom must be >= 1.0, got {disk_headroom}")
+        if on_error not in ON_ERROR_MODES:
+            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
         self.root = Path(checkpoint_dir)
         self.strategy = strategy if strategy is not None else CheckpointStrategy()
         self.hash_algorithm = hash_algorithm
@@ -115,17 +160,35 @@ class CheckpointManager:
         }
         self.disk_headroom = disk_headroom
         self.prune_for_space = prune_for_space
+        self.async_save = async_save
+        self.on_error = on_error
         self.group = group
+        self._owns_group = False
+        if async_save:
+            self._ensure_background_group()
         self._pinned = set(self.strategy.pinned)
         self._swept = False
+        self._lock = threading.RLock()  # latest/index/retention: the writer thread commits, the training thread pins
         self.last_save: dict[str, Any] | None = None
-        """Timings and sizes of the last save (``step``, ``path``, ``bytes``, ``files``, ``write_s``, ``commit_s``, ``total_s``)."""
+        """Timings and sizes of the last committed save (``step``, ``path``, ``bytes``, ``files``, ``write_s``,
+        ``commit_s``, ``total_s``, plus the stall/staging times of an asynchronous save)."""
+        self._writer = BackgroundWriter()
+        self._stager = HostStager(pin_memory=pin_memory)
+        self._finished: list[dict[str, Any]] = []
+        self._pending_error: CheckpointSaveError | None = None
+        self._deferred_events: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
+        self._closed = False
+        if async_save:
+            atexit.register(self._close_at_exit)
 
     @classmethod
     def from_config(cls, checkpoint_dir: str | Path, cfg: Any, **kwargs: Any) -> CheckpointManager:
-        """From :class:`seo_dist.config.CheckpointConfig`; ``kwargs`` as in the constructor (event_fn, config...)."""
+        """From :class:`seo_dist.config.CheckpointConfig`; ``kwargs`` as in the constructor (event_fn, config...).
+        Collective when ``cfg.async_save`` (it creates the manager's gloo group)."""
         kwargs.setdefault("hash_algorithm", cfg.hash_algorithm)
         kwargs.setdefault("verify_on_load", cfg.verify_on_load)
+        kwargs.setdefault("async_save", cfg.async_save)
+        kwargs.setdefault("on_error", cfg.on_error)
         return cls(checkpoint_dir, CheckpointStrategy.from_config(cfg), **kwargs)
 
     # ------------------------------------------------------------------ queries (local, no collectives)
@@ -158,12 +221,14 @@ class CheckpointManager:
 
     def pin(self, step: int) -> None:
         """Never delete the checkpoint of ``step``. Kept in index.json, so a resumed run honours it too."""
-        self._pinned.add(int(step))
-        self._refresh_index()
+        with self._lock:
+            self._pinned.add(int(step))
+            self._refresh_index()
 
     def unpin(self, step: int) -> None:
-        self._pinned.discard(int(step))
-        self._refresh_index()
+        with self._lock:
+            self._pinned.discard(int(step))
+            self._refresh_index()
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -172,11 +237,13 @@ class CheckpointManager:
         manifests. Call at start, before the first save (the first save does it anyway). Other ranks: no-op."""
         if not dist.is_rank_zero():
             return []
-        self._swept = True
-        removed = sweep_abandoned(self.root)
-        if removed:
-            self._event("checkpoint_swept", paths=[str(p) for p in removed])
-        self._reconcile()
+        self._collect(block=True)  # never sweep the staging folder of a save in flight (local: no collective)
+        with self._lock:
+            self._swept = True
+            removed = sweep_abandoned(self.root)
+            if removed:
+                self._event("checkpoint_swept", paths=[str(p) for p in removed])
+            self._reconcile()
         return removed
 
     def _reconcile(self) -> None:
@@ -199,6 +266,10 @@ class CheckpointManager:
             self._event("checkpoint_index_rebuilt", checkpoints=len(scan.committed))
 
     def _refresh_index(self) -> None:
+        with self._lock:
+            self._write_fresh_index()
+
+    def _write_fresh_index(self) -> None:
         if dist.is_rank_zero() and self.root.is_dir():
             scan = scan_checkpoints(self.root)
             if scan.committed:
@@ -219,24 +290,248 @@ class CheckpointManager:
         *,
         epoch: int = 0,
         rank_state: Any = None,
-    ) -> Path:
-        """Save and commit a checkpoint of ``step`` (collective). Returns the committed folder.
+        blocking: bool | None = None,
+    ) -> Path | None:
+        """Save a checkpoint of ``step`` (collective). Returns its folder (``None`` if it failed with ``on_error="warn"``).
 
         ``model_or_engine``: a DeepSpeed engine (its optimizer and LR scheduler are saved by DeepSpeed;
         ``optimizer``/``scheduler`` are ignored) or a plain ``nn.Module`` saved with ``optimizer`` and
         ``scheduler``. ``rank_state``: this rank's trainer state (data loader position...), returned by
-        :meth:`load_checkpoint`; RNG states are saved alongside automatically. Raises
-        :class:`~.errors.CheckpointSaveError` on every rank if any rank failed; nothing is then committed.
+        :meth:`load_checkpoint`; RNG states are saved alongside automatically.
+
+        ``blocking``: ``None`` saves in the background iff ``async_save``; ``True`` forces a synchronous save
+        (the final save of a run); ``False`` forces a background save. A synchronous save returns the
+        committed folder. A background save returns once this rank's state is copied to host buffers; the
+        folder is committed later, and :meth:`poll` / :meth:`wait` report it. Either way a previous save still
+        in flight is finished first (at most one in flight), and its failure is raised here.
+
+        A failed save raises :class:`~.errors.CheckpointSaveError` on every rank (``on_error="raise"``);
+        nothing is then committed and ``latest`` is unchanged.
         """
         backend = self._backend(model_or_engine, optimizer, scheduler)
         if backend is None:
             raise ValueError("save_checkpoint needs the model or DeepSpeed engine to save")
-        start = time.perf_counter()
+        entered = time.perf_counter()
+        self._collect(block=True)
+        self._raise_pending()
+        in_background = self.async_save if blocking is None else not blocking
+        stats: dict[str, Any] = {
+            "step": step,
+            "path": str(self.root / checkpoint_name(step)),
+            "async": in_background,
+            "wait_s": time.perf_counter() - entered,
+            "error": None,
+        }
+        try:
+            if in_background:
+                path = self._save_in_background(backend, step, epoch, metrics, rank_state, stats, entered)
+            else:
+                path = self._save_now(backend, step, epoch, metrics, rank_state, stats, entered)
+        except CheckpointSaveError as e:
+            stats.update(error=describe_error(e), stall_s=time.perf_counter() - entered)
+            self._finished.append(stats)
+            if self.on_error == "raise":
+                raise
+            log.error("checkpoint %s failed, training goes on (checkpoint.on_error=warn): %s", step, e)
+            return None
+        if not in_background:
+            stats["stall_s"] = time.perf_counter() - entered
+        return path
+
+    def _save_now(
+        self, backend: Any, step: int, epoch: int, metrics: Any, rank_state: Any, stats: dict[str, Any], start: float
+    ) -> Path:
+        """The synchronous save: the three phases below on this thread."""
         staging = self._prepare_save(backend, step)
+        write_start = time.perf_counter()
         outcome = self._write_files(backend, staging, step, epoch, rank_state)
-        return self._commit_save(
-            backend, outcome, step, epoch, metrics, start=start, write_s=time.perf_counter() - start
+        write_s = time.perf_counter() - write_start
+        stats.update(stage_s=0.0, **_write_stats(outcome, write_s))
+        path = self._commit_save(backend, outcome, step, epoch, metrics, start=start, write_s=write_s)
+        self._finish_stats(stats)
+        self._finished.append(stats)
+        return path
+
+    def _ensure_background_group(self) -> None:
+        """The gloo group for the commits that run on the writer thread, never the training group. Created once,
+        on the training thread, by every rank (a collective): at construction, or at the first background save
+        when the process group did not exist yet (world size 1 before the engine was built)."""
+        if self.group is None and not self._owns_group and dist.is_initialized():
+            self.group = dist.new_gloo_group()
+            self._owns_group = True
+
+    def _save_in_background(
+        self, backend: Any, step: int, epoch: int, metrics: Any, rank_state: Any, stats: dict[str, Any], start: float
+    ) -> Path:
+        """Stage on this thread (DeepSpeed's save, with every file copied to host buffers), then hand the
+        write and the commit to the writer thread."""
+        self._ensure_background_group()
+        staging = self._prepare_save(backend, step)
+        stage_start = time.perf_counter()
+        files, errors = backend.stage(self.root, staging, self._stager)
+        try:
+            rank_file = self._rank_file(step, epoch, rank_state)  # RNG state now, not when the write runs
+            files.append(self._stager.stage(rank_state_file(dist.get_rank()), rank_file))
+        except Exception as e:  # noqa: BLE001 - fails the commit on every rank
+            errors.append(describe_error(e))
+        self._stager.synchronize()
+        stats.update(
+            stage_s=time.perf_counter() - stage_start,
+            staged_bytes=sum(f.nbytes for f in files),
+            staging_buffer_bytes=self._stager.pool_bytes,
+            staging_pinned_bytes=self._stager.pinned_bytes,
         )
+        target = _SaveTarget(backend.zero_stage, backend.engine_name)
+        stats["stall_s"] = time.perf_counter() - start  # what remains (the submit) takes microseconds
+        self._writer.submit(
+            lambda st: self._write_and_commit(target, files, errors, staging, step, epoch, metrics, st, start), stats
+        )
+        return self.root / checkpoint_name(step)
+
+    def _write_and_commit(
+        self,
+        target: _SaveTarget,
+        files: list[StagedFile],
+        errors: list[str],
+        staging: Path,
+        step: int,
+        epoch: int,
+        metrics: Any,
+        stats: dict[str, Any],
+        start: float,
+    ) -> None:
+        """Writer thread: write the staged files (unless staging failed), then the collective commit on ``self.group``."""
+        write_start = time.perf_counter()
+        records, write_errors = write_staged(files, staging, self.hash_algorithm) if not errors else ([], [])
+        outcome = RankOutcome(dist.get_rank(), records, errors + write_errors)
+        write_s = time.perf_counter() - write_start
+        stats.update(_write_stats(outcome, write_s))
+        self._commit_save(
+            target,
+            outcome,
+            step,
+            epoch,
+            metrics,
+            start=start,
+            write_s=write_s,
+            extra={k: stats[k] for k in ("stall_s", "stage_s", "wait_s") if k in stats},
+        )
+        self._finish_stats(stats)
+
+    def _finish_stats(self, stats: dict[str, Any]) -> None:
+        assert self.last_save is not None
+        stats.update(
+            path=self.last_save["path"],
+            bytes=self.last_save["bytes"],
+            files=self.last_save["files"],
+            commit_s=self.last_save["commit_s"],
+            total_s=self.last_save["total_s"],
+        )
+
+    # ------------------------------------------------------------------ background saves: results and errors
+
+    @property
+    def in_flight(self) -> bool:
+        """True while a background save of this rank is writing or committing."""
+        return self._writer.in_flight and not self._writer.finished
+
+    @property
+    def failed(self) -> bool:
+        """True when a background save failed and its error waits to be raised (``on_error="raise"``). Local and
+        non-raising: a trainer folds it into a per-step all-reduce, then calls :meth:`wait` on every rank so
+        that all of them raise at the same step (see :meth:`poll`)."""
+        return self._pending_error is not None
+
+    def poll(self, *, raise_errors: bool = True) -> list[dict[str, Any]]:
+        """Cheap, local and non-blocking (call it every step, on every rank): the stats of the saves that
+        finished since the last call, oldest first, and their events delivered to ``event_fn``.
+
+        Each dict: ``step``, ``path``, ``async``, ``stall_s`` (training blocked in ``save_checkpoint``,
+        including ``wait_s`` for the previous save), ``stage_s`` (copy to host buffers), ``write_s`` (this
+        rank's write + hash + fsync), ``rank_bytes``, ``write_gbps`` (this rank's rate), ``bytes`` (the whole
+        checkpoint, all ranks), ``commit_s``, ``total_s``, and ``error`` (None, or why it failed).
+
+        Raises the :class:`~.errors.CheckpointSaveError` of a failed background save (``on_error="raise"``).
+        Every rank gets the same outcome, but ranks may see it one step apart: a rank that raises while another
+        enters the next step's collectives leaves that one waiting. To stop together, call
+        ``poll(raise_errors=False)`` (the error stays pending, :attr:`failed` turns true), agree on
+        :attr:`failed` in an all-reduce, and call :meth:`wait` on every rank when any rank failed.
+        """
+        self._collect(block=False)
+        if raise_errors:
+            self._raise_pending()
+        done, self._finished = self._finished, []
+        return done
+
+    def wait(self) -> list[dict[str, Any]]:
+        """Block until no save is in flight; then as :meth:`poll`."""
+        self._collect(block=True)
+        self._raise_pending()
+        done, self._finished = self._finished, []
+        return done
+
+    def close(self) -> list[dict[str, Any]]:
+        """:meth:`wait`, then stop the writer thread and free the staging buffers and the gloo group.
+        Idempotent. Call it before ``torch.distributed`` is torn down."""
+        if self._closed:
+            return []
+        try:
+            return self.wait()
+        finally:
+            self._closed = True
+            self._writer.shutdown()
+            self._stager.release()
+            if self._owns_group and self.group is not None and dist.is_initialized():
+                import torch.distributed as tdist
+
+                tdist.destroy_process_group(self.group)
+                self.group = None
+            atexit.unregister(self._close_at_exit)
+
+    def _close_at_exit(self) -> None:
+        """The interpreter already joined the writer thread; report what it left (nothing is raised at exit)."""
+        try:
+            self.close()
+        except Exception as e:  # noqa: BLE001 - at exit there is nobody to raise to
+            log.error("checkpoint save failed before exit: %s", describe_error(e))
+
+    def _collect(self, block: bool) -> None:
+        """Pick up a finished background save (stats into ``_finished``, its error kept for
+        :meth:`_raise_pending`) and deliver the events its thread deferred."""
+        stats, error = self._writer.collect(block)
+        if stats is not None:
+            if error is not None:
+                failure = (
+                    error
+                    if isinstance(error, CheckpointSaveError)
+                    else CheckpointSaveError(
+                        f"checkpoint {checkpoint_name(stats['step'])} not committed: {describe_error(error)}"
+                    )
+                )
+                stats["error"] = describe_error(failure)
+                if self.on_error == "raise":
+                    self._pending_error = failure
+                else:
+                    log.error(
+                        "background checkpoint %s failed, training goes on (checkpoint.on_error=warn): %s",
+                        stats["step"],
+                        failure,
+                    )
+            self._finished.append(stats)
+        self._deliver_events()
+
+    def _raise_pending(self) -> None:
+        error, self._pending_error = self._pending_error, None
+        if error is not None:
+            raise error
+
+    def _deliver_events(self) -> None:
+        while True:
+            try:
+                name, fields = self._deferred_events.get_nowait()
+            except queue.Empty:
+                return
+            self._emit(name, fields)
 
     # The three phases of a save, kept apart so that the async path can run the first on the training
     # thread and the other two in the background (with its own gloo group as ``self.group``).
@@ -280,6 +575,7 @@ class CheckpointManager:
         *,
         start: float,
         write_s: float,
+        extra: Mapping[str, Any] | None = None,
     ) -> Path:
         """Collective: gather, manifest, rename, latest, retention, index (see :func:`.commit.commit_checkpoint`)."""
         world_size = dist.get_world_size()
@@ -317,6 +613,7 @@ class CheckpointManager:
             "write_s": write_s,
             "commit_s": end - commit_start,
             "total_s": end - start,
+            **dict(extra or {}),
         }
         self._event("checkpoint_saved", **self.last_save)
         for warning in result.warnings:
@@ -375,6 +672,10 @@ class CheckpointManager:
 
     def _after_commit(self, final: Path, manifest: Manifest) -> list[str]:
         """Rank 0, once the new checkpoint is committed: move ``latest``, apply retention, rewrite the index."""
+        with self._lock:
+            return self._move_latest_and_retain(final)
+
+    def _move_latest_and_retain(self, final: Path) -> list[str]:
         problems = []
         write_latest(self.root, final.name)
         scan = scan_checkpoints(self.root)
@@ -427,6 +728,8 @@ class CheckpointManager:
         :class:`~.errors.NoValidCheckpointError` when checkpoints exist but none is valid, and
         :class:`~.errors.IncompatibleCheckpointError` (e.g. another world size with partitioned ZeRO state).
         """
+        self._collect(block=True)  # the save in flight may be the one to load, and it uses self.group
+        self._raise_pending()
         start = time.perf_counter()
         backend = self._backend(model_or_engine, optimizer, scheduler)
         metric, maximize = self._metric(metric, maximize)
@@ -592,9 +895,17 @@ class CheckpointManager:
         return metric, maximize
 
     def _event(self, name: str, **fields: Any) -> None:
+        """Rank 0: log and hand to ``event_fn``; from the writer thread, handed over at the next poll/wait/save
+        on the training thread (trackers are not thread-safe)."""
         if not dist.is_rank_zero():
             return
         log.info("%s %s", name, fields)
+        if self._writer.on_worker_thread():
+            self._deferred_events.put((name, fields))
+        else:
+            self._emit(name, fields)
+
+    def _emit(self, name: str, fields: dict[str, Any]) -> None:
         if self.event_fn is not None:
             try:
                 self.event_fn(name, **fields)

@@ -13,6 +13,7 @@ from seo_dist.checkpoint.errors import IncompatibleCheckpointError
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.layout import TORCH_STATE_FILE
 from seo_dist.checkpoint.manifest import Manifest
+from seo_dist.checkpoint.staging import HostStager, StagedFile
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -41,15 +42,23 @@ class TorchModuleBackend:
             total += _tensor_bytes(self.optimizer.state_dict().get("state", {}))
         return total
 
-    def write(self, root: Path, staging: Path) -> tuple[list[FileRecord], list[str]]:
-        if not dist.is_rank_zero():
-            return [], []
-        state = {
+    def _state(self) -> dict[str, Any]:
+        return {
             "model": self.model.state_dict() if self.model is not None else None,
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
         }
-        return [write_torch_file(state, staging, TORCH_STATE_FILE, self.algorithm)], []
+
+    def write(self, root: Path, staging: Path) -> tuple[list[FileRecord], list[str]]:
+        if not dist.is_rank_zero():
+            return [], []
+        return [write_torch_file(self._state(), staging, TORCH_STATE_FILE, self.algorithm)], []
+
+    def stage(self, root: Path, staging: Path, stager: HostStager) -> tuple[list[StagedFile], list[str]]:
+        """Rank 0's state copied to host buffers, for the background writer."""
+        if not dist.is_rank_zero():
+            return [], []
+        return [stager.stage(TORCH_STATE_FILE, self._state())], []
 
     def check_compatible(self, manifest: Manifest, folder: Path, world_size: int, load_optimizer_states: bool) -> None:
         if manifest.engine != self.engine_name:

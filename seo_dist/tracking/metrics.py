@@ -33,6 +33,9 @@ from seo_dist.tracking.jsonio import iter_jsonl
 from seo_dist.tracking.logger import ExperimentLogger
 from seo_dist.tracking.sinks import Sink
 
+LAZY_OPEN_WAIT_S = 30.0
+"""At close, how long to wait for a sink that is still opening (wandb online with a slow or absent network
+retries for up to its ``init_timeout``, 90 s by default) before giving up on it."""
 BACKLOG_WARNING_ROWS = 10_000
 """The sinks write about 1500 rows of 8 scalars per second on one core; a longer queue gets one warning."""
 RESERVED_NAMES = frozenset({"step", "epoch", "time", "timestamp"})
@@ -217,7 +220,7 @@ class MetricsTracker:
 
     def _run(self) -> None:
         last_beat = time.monotonic()
-        self._open_lazy_sinks()
+        self.sinks.extend(_OpeningSink(factory, self.logger) for factory in self._lazy_sinks)
         while True:
             try:
                 item = self._queue.get(timeout=self._heartbeat_interval_s)
@@ -272,17 +275,6 @@ class MetricsTracker:
         for row in iter_jsonl(jsonl.path):
             if isinstance(row.get("step"), int):
                 self.summary.update(row["step"], {k: v for k, v in row.items() if k not in RESERVED_NAMES})
-
-    def _open_lazy_sinks(self) -> None:
-        for factory in self._lazy_sinks:
-            try:
-                self.sinks.append(factory())
-            except Exception as e:  # e.g. wandb cannot start: note it and go on without that sink
-                self.logger.event(
-                    "sink_unavailable",
-                    "warning",
-                    message=f"{getattr(factory, 'sink_name', factory)}: {type(e).__name__}: {e}; continuing without it",
-                )
 
     def _write_row(self, step: Any, epoch: Any, wall_time: float, raw: dict[str, Any]) -> None:
         try:
@@ -395,3 +387,74 @@ class MetricsTracker:
             fn()
         except Exception:
             pass
+
+
+class _OpeningSink:
+    """A sink that is slow to open (wandb: 0.5 s offline, up to its 90 s ``init_timeout`` online without a
+    network), opened on its own thread so that it never holds up the other sinks: rows reach
+    ``metrics.jsonl`` at once and are kept for this sink until it is open, then replayed to it.
+    Every method runs on the sink thread, like any other sink's."""
+
+    def __init__(self, factory: Callable[[], Sink], logger: ExperimentLogger) -> None:
+        self.name = str(getattr(factory, "sink_name", "lazy"))
+        self._factory = factory
+        self._logger = logger
+        self._sink: Sink | None = None
+        self._error: Exception | None = None
+        self._gave_up = False
+        self._backlog: list[tuple[Any, ...]] = []
+        self._thread = threading.Thread(target=self._open, name=f"seo_dist-open-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            self._sink = self._factory()
+        except Exception as e:  # noqa: BLE001 - reported on the sink thread
+            self._error = e
+
+    def _ready(self, wait_s: float = 0.0) -> Sink | None:
+        """The opened sink (backlog replayed), or None while it is opening or after it failed."""
+        if self._gave_up:
+            return None
+        if self._thread.is_alive():
+            self._thread.join(wait_s)
+            if self._thread.is_alive():
+                if wait_s > 0:
+                    self._give_up(f"still not open after {wait_s:.0f}s at close; its rows are not in {self.name}")
+                return None
+        if self._sink is None:
+            e = self._error
+            self._give_up(f"{type(e).__name__}: {e}; continuing without it" if e else "did not open")
+            return None
+        backlog, self._backlog = self._backlog, []
+        for row in backlog:
+            self._sink.write(*row)
+        return self._sink
+
+    def _give_up(self, why: str) -> None:
+        self._gave_up = True
+        self._backlog = []
+        self._logger.event("sink_unavailable", "warning", message=f"{self.name}: {why}")
+
+    def write(self, step: int, epoch: int | None, wall_time: float, values: dict[str, float | int]) -> None:
+        sink = self._ready()
+        if sink is not None:
+            sink.write(step, epoch, wall_time, values)
+        elif not self._gave_up:
+            self._backlog.append((step, epoch, wall_time, dict(values)))
+
+    def flush(self) -> None:
+        sink = self._ready()
+        if sink is not None:
+            sink.flush()
+
+    def close(self, exit_code: int = 0) -> None:
+        sink = self._ready(LAZY_OPEN_WAIT_S)
+        if sink is not None:
+            sink.close(exit_code)
+
+    def truncate_after(self, step: int) -> None:
+        self._backlog = [row for row in self._backlog if row[0] <= step]
+        sink = self._ready()
+        if sink is not None:
+            sink.truncate_after(step)

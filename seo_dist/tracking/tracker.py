@@ -254,6 +254,9 @@ class ExperimentTracker:
         config, config_hash = self._resolved_config()
         hosts = md.summarize_hosts(gathered)
         world = {"size": len(gathered), "nodes": len(hosts["hosts"]), "launcher": launcher}
+        launch_id = dist.launch_id()
+        if launch_id is not None:  # under torchrun: lets a restarted worker find this experiment
+            world["launch_id"] = launch_id
         previous = read_json(layout.metadata) if resume and layout.metadata.is_file() else None
         self._metadata = self._start_metadata(previous, config, config_hash, hosts, world, resume_step)
         self._save_metadata()

@@ -1,0 +1,155 @@
+"""Host staging for asynchronous saves: a point-in-time copy of what ``torch.save`` would write.
+
+The state dicts that DeepSpeed hands to a checkpoint engine reference live tensors (parameters, fp32 master
+partitions, Adam moments); training changes them at the next step. :meth:`HostStager.stage` takes the
+snapshot that a background write needs:
+
+* it pickles the object graph the way ``torch.save`` does, except that every tensor storage is copied
+  into a host buffer and the pickle refers to the copy (non-tensor objects, such as DeepSpeed's loss
+  scaler or a data loader position, are frozen by the pickling itself);
+* storages are copied whole and once, keyed as ``torch.save`` keys them, so views and tied weights keep
+  sharing one storage and the file written later is byte for byte what a synchronous save writes
+  (only the location tag differs for CUDA tensors, which are staged to the CPU);
+* buffers are allocated once and reused by the next save when the sizes match (the same engine stages
+  the same storages in the same order every time); CUDA sources go to pinned buffers with
+  ``non_blocking`` copies, and :meth:`HostStager.synchronize` waits for them once, at the end.
+
+:meth:`StagedFile.materialize` rebuilds the object on the staged buffers (no copy) for ``torch.save``.
+Nothing here knows about DeepSpeed: any engine that can hand over "file name + object" pairs can stage.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL  # private to the snapshot: torch.save re-pickles with its own
+
+
+@dataclass
+class StagedFile:
+    """One file of a checkpoint, staged: the pickled object graph plus the host copies of its storages."""
+
+    relpath: str
+    pickled: bytes
+    storages: dict[int, torch.UntypedStorage] = field(repr=False)
+    nbytes: int
+    """Bytes of tensor data copied (the file is this plus a little pickle and zip overhead)."""
+
+    def materialize(self) -> Any:
+        """The object as it was when staged, its tensors viewing the staged buffers."""
+        storages = self.storages
+
+        class _Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid: Any) -> Any:
+                key, dtype = pid
+                if dtype is None:
+                    return storages[key]
+                return torch.storage.TypedStorage(wrap_storage=storages[key], dtype=dtype, _internal=True)
+
+        return _Unpickler(io.BytesIO(self.pickled)).load()
+
+
+class HostStager:
+    """Copies checkpoint state into reusable host buffers; one per manager, used by one save at a time.
+
+    Args:
+        pin_memory: pinned host buffers for CUDA tensors (default: when CUDA is available). CPU tensors
+            always go to ordinary memory: pinning buys nothing for a memcpy.
+    """
+
+    def __init__(self, *, pin_memory: bool | None = None) -> None:
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self._pool: dict[tuple[str, int], torch.UntypedStorage] = {}
+        self._pending_cuda = False
+        self.allocated_bytes = 0
+        """Bytes of host buffers allocated over the stager's life (a reused buffer is not counted again)."""
+
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes held in staging buffers now."""
+        return sum(s.nbytes() for s in self._pool.values())
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes of those buffers that are pinned (page-locked, for fast device-to-host copies)."""
+        return sum(s.nbytes() for s in self._pool.values() if s.is_pinned())
+
+    def stage(self, relpath: str, obj: Any) -> StagedFile:
+        """Snapshot ``obj`` (what would be saved as ``relpath``); returns before CUDA copies finish (see
+        :meth:`synchronize`)."""
+        staged: dict[int, torch.UntypedStorage] = {}
+        keys: dict[int, int] = {}  # source storage (torch.save's key: the C++ storage) -> staged key
+        copied = 0
+        stager = self
+
+        class _Pickler(pickle.Pickler):
+            def persistent_id(self, o: Any) -> Any:
+                nonlocal copied
+                if isinstance(o, torch.storage.TypedStorage):
+                    source, dtype = o._untyped_storage, o.dtype
+                elif torch.is_storage(o):
+                    source, dtype = o, None
+                else:
+                    return None
+                key = keys.get(source._cdata)
+                if key is None:
+                    key = keys[source._cdata] = len(keys)
+                    staged[key] = stager._copy(relpath, key, source)
+                    copied += source.nbytes()
+                return (key, dtype)
+
+        buf = io.BytesIO()
+        _Pickler(buf, protocol=_PROTOCOL).dump(obj)
+        self._drop_unused(relpath, len(keys))
+        return StagedFile(relpath, buf.getvalue(), staged, copied)
+
+    def synchronize(self) -> None:
+        """Wait for the non-blocking device-to-host copies issued since the last call."""
+        if self._pending_cuda:
+            torch.cuda.synchronize()
+            self._pending_cuda = False
+
+    def release(self) -> None:
+        """Free every buffer (the next save allocates again)."""
+        self.synchronize()
+        self._pool.clear()
+
+    def _copy(self, relpath: str, key: int, source: torch.UntypedStorage) -> torch.UntypedStorage:
+        if source.device.type == "meta":
+            return source  # nothing to copy; torch.save writes no bytes for it either
+        nbytes = source.nbytes()
+        on_cuda = source.device.type == "cuda"
+        pinned = self.pin_memory and on_cuda
+        target = self._pool.get((relpath, key))
+        if target is None or target.nbytes() != nbytes or (pinned and not target.is_pinned()):
+            target = self._allocate(nbytes, pinned)
+            pinned = pinned and target.is_pinned()
+            self._pool[(relpath, key)] = target
+            self.allocated_bytes += nbytes
+        if nbytes:
+            dst = torch.empty(0, dtype=torch.uint8).set_(target)
+            src = torch.empty(0, dtype=torch.uint8, device=source.device).set_(source)
+            dst.copy_(src, non_blocking=pinned)
+            self._pending_cuda = self._pending_cuda or on_cuda
+        return target
+
+    def _allocate(self, nbytes: int, pinned: bool) -> torch.UntypedStorage:
+        if pinned:
+            try:
+                return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).untyped_storage()
+            except RuntimeError as e:  # e.g. a locked-memory limit: slower copies, but the save goes on
+                log.warning("cannot pin %.2f GB for checkpoint staging, using pageable memory: %s", nbytes / 1e9, e)
+                self.pin_memory = False
+        return torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
+
+    def _drop_unused(self, relpath: str, used: int) -> None:
+        for key in [k for k in self._pool if k[0] == relpath and k[1] >= used]:
+            del self._pool[key]
