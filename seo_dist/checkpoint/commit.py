@@ -16,7 +16,6 @@ gloo group, never the training group.
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 from collections.abc import Callable
@@ -27,9 +26,9 @@ from typing import Any, TypeVar
 from seo_dist import dist
 from seo_dist.checkpoint.errors import CheckpointError, CheckpointSaveError
 from seo_dist.checkpoint.hashing import FileRecord
-from seo_dist.checkpoint.layout import STAGING_SUFFIX, checkpoint_name, staging_name
+from seo_dist.checkpoint.layout import checkpoint_name, staging_name
 from seo_dist.checkpoint.manifest import Manifest, records_to_files, write_manifest
-from seo_dist.checkpoint.storage import fsync_dir
+from seo_dist.checkpoint.storage import fsync_dir, publish_folder
 
 T = TypeVar("T")
 
@@ -112,20 +111,6 @@ def prepare_staging(root: Path, step: int, *, group: Any = None, before: Callabl
     return staging
 
 
-def _rename_into_place(staging: Path, final: Path) -> None:
-    if final.exists():  # a second save of the same step replaces the first
-        replaced = final.with_name(final.name + ".replaced" + STAGING_SUFFIX)
-        if replaced.exists():
-            shutil.rmtree(replaced)
-        os.rename(final, replaced)
-        os.rename(staging, final)
-        fsync_dir(final.parent)
-        shutil.rmtree(replaced, ignore_errors=True)
-    else:
-        os.rename(staging, final)
-    fsync_dir(final.parent)
-
-
 def commit_checkpoint(
     root: Path,
     step: int,
@@ -150,7 +135,7 @@ def commit_checkpoint(
             fsync_dir(staging)
             write_manifest(staging, manifest)
             fsync_dir(staging)
-            _rename_into_place(staging, final)
+            publish_folder(staging, final)
         except Exception as e:
             shutil.rmtree(staging, ignore_errors=True)
             raise CheckpointSaveError(f"checkpoint {final.name} not committed: {describe_error(e)}") from e

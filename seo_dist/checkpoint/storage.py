@@ -44,6 +44,25 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
 
 
+def publish_folder(staging: Path, final: Path) -> None:
+    """Rename a finished staging folder to ``final`` and fsync the parent; an existing ``final`` is replaced.
+
+    The old folder is first renamed aside under a staging name (swept like any abandoned ``*.tmp``), so a
+    crash never leaves a half-written ``final``.
+    """
+    if final.exists():
+        replaced = final.with_name(final.name + ".replaced" + STAGING_SUFFIX)
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        os.rename(final, replaced)
+        os.rename(staging, final)
+        fsync_dir(final.parent)
+        shutil.rmtree(replaced, ignore_errors=True)
+    else:
+        os.rename(staging, final)
+    fsync_dir(final.parent)
+
+
 def disk_free_bytes(path: Path) -> int:
     """Free bytes for an unprivileged writer on the file system holding ``path`` (or its nearest parent)."""
     probe = path

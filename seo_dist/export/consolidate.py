@@ -29,7 +29,7 @@ from seo_dist.checkpoint.errors import ManifestError
 from seo_dist.checkpoint.hashing import DEFAULT_ALGORITHM, READ_CHUNK, FileRecord, HashingWriter
 from seo_dist.checkpoint.layout import MANIFEST, STAGING_SUFFIX, parse_step
 from seo_dist.checkpoint.manifest import Manifest, collect_versions, read_manifest, records_to_files, write_manifest
-from seo_dist.checkpoint.storage import fsync_dir
+from seo_dist.checkpoint.storage import fsync_dir, publish_folder
 from seo_dist.checkpoint.verify import VERIFY_MODES, verify_checkpoint
 from seo_dist.errors import UserError
 from seo_dist.export.dtypes import OUTPUT_DTYPES, DType, output_dtype
@@ -195,21 +195,6 @@ def _copy_file(src: Path, folder: Path, name: str, algorithm: str) -> FileRecord
     return writer.close()
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Rename the finished staging folder to ``out``, replacing a previous export."""
-    if out.exists():
-        old = out.with_name(out.name + ".old" + STAGING_SUFFIX)
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(out, old)
-        os.rename(staging, out)
-        fsync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, out)
-        fsync_dir(out.parent)
-
-
 def consolidate(
     ckpt_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -251,7 +236,7 @@ def consolidate(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    _publish(staging, out)
+    publish_folder(staging, out)
     return ConsolidationResult(path=out, checkpoint=folder, dtype=dtype, seconds=time.perf_counter() - start, **fields)
 
 
