@@ -366,7 +366,7 @@ def _unknown_key(key: str, name: str, choices: list[str]) -> ConfigError:
     close = difflib.get_close_matches(name, choices, n=1)
     prefix = key[: len(key) - len(name)]
     hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(choices))})"
-    return ConfigError(f"unknown config key '{key}'{hint}")
+    return ConfigError(f"unknown config key {key!r}{hint}")
 
 
 def _build_section(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
@@ -397,7 +397,7 @@ def _non_string_keys(node: Any, prefix: str = "") -> list[str]:
         for key, value in node.items():
             where = f"{prefix}.{key}" if prefix else str(key)
             if not isinstance(key, str):
-                problems.append(f"{where}: config keys must be strings, got {key!r}; quote it in the YAML")
+                problems.append(f"{where!r}: config keys must be strings, got {key!r}; quote it in the YAML")
             else:
                 problems.extend(_non_string_keys(value, where))
     elif isinstance(node, list):

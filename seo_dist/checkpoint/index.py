@@ -64,6 +64,20 @@ def scan_checkpoints(root: Path) -> Scan:
     return scan
 
 
+def newest_commit(scan: Scan, latest: str | None) -> str | None:
+    """The checkpoint that really is the latest: ``latest``, unless a committed folder was created after it.
+
+    A job killed between publishing a folder and rewriting ``latest`` leaves such a folder; a folder from an
+    abandoned branch of the run (a resume from an older step) has a higher step but was created earlier, so
+    creation time, not step, decides. With no usable ``latest``, the newest committed checkpoint.
+    """
+    info = scan.by_name(latest) if latest is not None else None
+    if info is None:
+        return scan.committed[-1].name if scan.committed else None
+    later = [i for i in scan.committed if i.created > info.created]
+    return max(later, key=lambda i: i.created).name if later else info.name
+
+
 def read_latest(root: Path) -> str | None:
     """The name in ``latest`` if it names a checkpoint folder, else None."""
     try:

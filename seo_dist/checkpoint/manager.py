@@ -31,6 +31,7 @@ from seo_dist.checkpoint.hashing import ALGORITHMS, DEFAULT_ALGORITHM, FileRecor
 from seo_dist.checkpoint.index import (
     build_index,
     index_matches,
+    newest_commit,
     read_index,
     read_latest,
     scan_checkpoints,
@@ -255,11 +256,10 @@ class CheckpointManager:
         if index is not None and isinstance(index.get("pinned"), list):
             self._pinned |= {int(s) for s in index["pinned"] if isinstance(s, int)}
         latest = read_latest(self.root)
-        if (latest is None and scan.committed) or (latest is not None and scan.by_name(latest) is None):
-            repaired = scan.committed[-1].name if scan.committed else None
-            if repaired is not None:
-                write_latest(self.root, repaired)
-                self._event("checkpoint_latest_repaired", was=latest, now=repaired)
+        repaired = newest_commit(scan, latest)
+        if repaired is not None and repaired != latest:
+            write_latest(self.root, repaired)
+            self._event("checkpoint_latest_repaired", was=latest, now=repaired)
             latest = repaired
         if not index_matches(index, scan, latest) and scan.committed:
             write_index(self.root, build_index(scan, latest=latest, tracked=self.tracked, pinned=self._pinned))

@@ -172,7 +172,7 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 def read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(
             f"{folder.name}: no {MANIFEST} (not a committed checkpoint; an interrupted save?)"
@@ -180,7 +180,7 @@ def read_manifest(folder: Path) -> Manifest:
     except OSError as e:
         raise ManifestError(f"{folder.name}/{MANIFEST}: unreadable ({e.strerror})") from None
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"{folder.name}/{MANIFEST}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or data.get("checksum") != _checksum(data):

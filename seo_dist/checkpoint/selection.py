@@ -1,7 +1,7 @@
 """Which checkpoint folders a load tries, in order: the chosen one first, then its fallbacks.
 
-- ``latest``: the folder named by ``latest``, then older ones newest first, then any newer ones
-  (left by an abandoned branch of the run, or by a ``latest`` that could not be updated).
+- ``latest``: the folder named by ``latest`` (or a committed folder created after it: the job died before
+  rewriting ``latest``), then older ones newest first, then any newer ones (left by an abandoned branch).
 - ``best``: committed checkpoints ranked by the metric, best first.
 - a checkpoint folder: that folder, then older ones in the same checkpoints root.
 - an experiment directory or a checkpoints root: as ``latest`` there.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seo_dist.checkpoint.errors import NoCheckpointError
-from seo_dist.checkpoint.index import read_latest, scan_checkpoints
+from seo_dist.checkpoint.index import newest_commit, read_latest, scan_checkpoints
 from seo_dist.checkpoint.layout import MANIFEST, parse_step, resolve_checkpoints_root, step_dirs
 from seo_dist.checkpoint.retention import rank_by_metric
 
@@ -51,6 +51,8 @@ def load_candidates(default_root: Path, which: str | Path, metric: str, maximize
         older = [d for d in newest_first if pivot is not None and parse_step(d.name) < pivot]
         return [explicit, *older]
     latest = read_latest(root)
+    if latest is not None and scan.by_name(latest) is not None:
+        latest = newest_commit(scan, latest)  # a folder committed after `latest` was last written wins
     first = [root / latest] if latest is not None and (root / latest).is_dir() else []
     pivot = parse_step(first[0].name) if first else None
     rest = [d for d in newest_first if d not in first]
