@@ -32,12 +32,14 @@ def resolve_job(args: argparse.Namespace):
 
     overrides = [o for group in args.overrides for o in group]
     config_path = args.config
-    if args.resume is not None and not args.resume.exists():
-        raise UserError(f"--resume {str(args.resume)!r} does not exist; give an experiment directory or a checkpoint folder")
+    exp_dir = None
+    if args.resume is not None:
+        from seo_dist.trainer import resume_experiment_dir
+
+        exp_dir = resume_experiment_dir(args.resume)  # checked before anything else is loaded
     if config_path is None:
-        if args.resume is None:
+        if exp_dir is None:
             raise UserError("missing --config; pass --config configs/tiny_cpu.yaml (or --resume EXP_DIR)")
-        exp_dir = args.resume if (args.resume / CONFIG_FILE).is_file() else args.resume.parent.parent
         config_path = exp_dir / CONFIG_FILE
     return load_config(config_path, overrides)
 

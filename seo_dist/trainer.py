@@ -56,6 +56,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resume_experiment_dir(resume: Path) -> Path:
+    """The experiment directory that ``--resume`` names: the directory itself, or the one holding a checkpoint folder."""
+    if not resume.exists():
+        raise UserError(f"--resume {str(resume)!r} does not exist; give an experiment directory or a checkpoint folder")
+    if (resume / "metadata.json").is_file() or (resume / "checkpoints").is_dir():
+        return resume
+    if resume.parent.name == "checkpoints":
+        return resume.parent.parent
+    raise UserError(f"--resume {str(resume)!r} is neither an experiment directory nor a checkpoint folder")
+
+
 class _StopFlag:
     """SIGTERM/SIGINT set a flag; the loop agrees on it across ranks and stops at a step boundary."""
 
@@ -256,15 +267,7 @@ class SEOTrainer:
         return str(newest[1].absolute()) if newest is not None else None
 
     def _resume_experiment_dir(self) -> Path | None:
-        if self.resume is None:
-            return None
-        if not self.resume.exists():
-            raise UserError(f"--resume {str(self.resume)!r} does not exist; give an experiment directory or a checkpoint folder")
-        if (self.resume / "metadata.json").is_file() or (self.resume / "checkpoints").is_dir():
-            return self.resume
-        if self.resume.parent.name == "checkpoints":
-            return self.resume.parent.parent
-        raise UserError(f"--resume {str(self.resume)!r} is neither an experiment directory nor a checkpoint folder")
+        return resume_experiment_dir(self.resume) if self.resume is not None else None
 
     # ------------------------------------------------------------------ the loop
 
