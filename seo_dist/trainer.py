@@ -187,11 +187,24 @@ class SEOTrainer:
             return False
         state = loaded["rank_state"]
         self.step = int(loaded["step"])
+        self._follow_configured_lr()
         self.tokens_seen = int(state["tokens_seen"])
         self.loader.load_state_dict(state["loader"])
         self.tracker.set_resume_step(self.step)
         self.tracker.log_event("resumed", step=self.step, path=str(loaded["path"]))
         return True
+
+    def _follow_configured_lr(self) -> None:
+        """A resume with another ``train.lr`` uses it (from the resumed step on, same schedule shape)."""
+        from seo_dist.engine.deepspeed_engine import apply_configured_lr
+
+        if "scheduler" in self.ds_config:
+            return
+        saved = apply_configured_lr(self.lr_scheduler, self.job.train)
+        if saved is not None:
+            message = f"train.lr changed since the checkpoint: peak LR {saved:g} -> {self.job.train.lr:g} from step {self.step}"
+            self.tracker.log_event("lr_changed_on_resume", step=self.step, level="warning", saved_lr=saved,
+                                   lr=self.job.train.lr, message=message)
 
     def _save(self, metrics: dict[str, float], *, final: bool = False) -> None:
         """Save on every rank; log how long the loop was blocked (``ckpt/stall_s``). The final save is

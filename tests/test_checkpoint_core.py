@@ -621,3 +621,62 @@ def test_pins_survive_a_restart(saved):
     for step in (4, 5, 6):
         resumed.save_checkpoint(model, opt, sched, step, {"val/loss": 5.0})
     assert [i.step for i in resumed.list_checkpoints()] == [1, 2, 5, 6]  # pinned 1, best 2, newest 5 and 6
+
+
+def _commit_then_lose_rank_one(rank: int, port: int, root: str, result_file: str) -> None:
+    """One of two real gloo processes: both write a file and hand it in; rank 1 then dies (os._exit) where it
+    would wait for rank 0's verdict, so rank 0's broadcast of the result meets a dead peer."""
+    import torch.distributed as tdist
+
+    from seo_dist import dist as seo_dist_dist
+    from seo_dist.checkpoint.commit import RankOutcome, commit_checkpoint, prepare_staging
+    from seo_dist.checkpoint.errors import PeersLostAfterCommit
+    from seo_dist.checkpoint.hashing import FileRecord
+
+    tdist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+        timeout=__import__("datetime").timedelta(seconds=60),
+    )  # fmt: skip
+    staging = prepare_staging(Path(root), 5)
+    name = f"rank{rank}.bin"
+    (staging / name).write_bytes(bytes([rank]) * 1000)
+    size, digest = hash_file(staging / name, "xxh3_128")
+    if rank == 1:
+        seo_dist_dist.broadcast_object = lambda *a, **k: os._exit(0)  # dies after the gather, before the verdict
+    try:
+        result = commit_checkpoint(
+            Path(root), 5, RankOutcome(rank, [FileRecord(name, size, digest)]),
+            lambda files: Manifest(step=5, hash_algorithm="xxh3_128", files=files, world_size=2),
+        )  # fmt: skip
+        outcome = {"returned": str(result.path)}
+    except PeersLostAfterCommit as e:
+        outcome = {"peers_lost": str(e), "path": str(e.path)}
+    except Exception as e:  # noqa: BLE001 - the test reports what rank 0 raised
+        outcome = {"other": f"{type(e).__name__}: {e}"}
+    Path(result_file).write_text(json.dumps(outcome))
+    os._exit(0)  # no process-group teardown with a dead peer
+
+
+def test_a_rank_dying_after_handing_in_its_files_is_not_reported_as_a_failed_commit(tmp_path):
+    """Real processes and gloo; the death is placed exactly between the gather and the broadcast."""
+    import multiprocessing
+
+    from conftest import free_port
+
+    ctx = multiprocessing.get_context("spawn")
+    port, root = free_port(), tmp_path / "ck"
+    procs = [
+        ctx.Process(target=_commit_then_lose_rank_one, args=(r, port, str(root), str(tmp_path / f"r{r}.json")))
+        for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=90)
+        assert p.exitcode == 0, "a rank hung or crashed"
+    outcome = json.loads((tmp_path / "r0.json").read_text())
+    assert set(outcome) == {"peers_lost", "path"}, outcome
+    assert "step_00000005 committed" in outcome["peers_lost"] and "not committed" not in outcome["peers_lost"]
+    assert outcome["path"] == str(root / checkpoint_name(5))
+    assert verify_checkpoint(root / checkpoint_name(5)).ok
+    assert not (tmp_path / "r1.json").exists()  # rank 1 really died at that point

@@ -23,6 +23,7 @@ _PUBLIC = {
     "CheckpointError": "seo_dist.checkpoint.errors",
     "CheckpointSaveError": "seo_dist.checkpoint.errors",
     "DiskSpaceError": "seo_dist.checkpoint.errors",
+    "PeersLostAfterCommit": "seo_dist.checkpoint.errors",
     "NoCheckpointError": "seo_dist.checkpoint.errors",
     "NoValidCheckpointError": "seo_dist.checkpoint.errors",
     "IncompatibleCheckpointError": "seo_dist.checkpoint.errors",

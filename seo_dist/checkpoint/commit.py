@@ -8,7 +8,9 @@
    every rank succeeded does rank 0 fsync the staging folder, write ``manifest.json`` last, rename the
    folder to its final name and fsync the parent. Then ``after_commit`` (latest, index, retention) runs.
    The result is broadcast: every rank returns the path or raises the same
-   :class:`~.errors.CheckpointSaveError`; no rank is left waiting on a rank that failed.
+   :class:`~.errors.CheckpointSaveError`; no rank is left waiting on a rank that failed. If that broadcast
+   itself fails (a rank died after handing in its files), rank 0 raises :class:`~.errors.PeersLostAfterCommit`:
+   the folder is committed and verifies, only the other ranks could not be told.
 
 Every collective takes ``group``: the async path runs steps 2-3 on a background thread with its own
 gloo group, never the training group.
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from seo_dist import dist
-from seo_dist.checkpoint.errors import CheckpointError, CheckpointSaveError
+from seo_dist.checkpoint.errors import CheckpointError, CheckpointSaveError, PeersLostAfterCommit
 from seo_dist.checkpoint.hashing import FileRecord
 from seo_dist.checkpoint.layout import checkpoint_name, staging_name
 from seo_dist.checkpoint.manifest import Manifest, records_to_files, write_manifest
@@ -124,6 +126,7 @@ def commit_checkpoint(
     staging = root / staging_name(step)
     final = root / checkpoint_name(step)
     outcomes = [RankOutcome.from_wire(w) for w in dist.all_gather_object(local.to_wire(), group=group)]
+    published: list[Path] = []
 
     def on_rank_zero() -> tuple[Path, Manifest, list[str]]:
         failures = [f"rank {o.rank}: {err}" for o in outcomes for err in o.errors]
@@ -139,6 +142,7 @@ def commit_checkpoint(
         except Exception as e:
             shutil.rmtree(staging, ignore_errors=True)
             raise CheckpointSaveError(f"checkpoint {final.name} not committed: {describe_error(e)}") from e
+        published.append(final)
         warnings = []
         if after_commit is not None:
             try:
@@ -147,5 +151,14 @@ def commit_checkpoint(
                 warnings = [f"after commit: {describe_error(e)}"]
         return final, manifest, warnings
 
-    result = run_on_rank_zero(on_rank_zero, group)
+    try:
+        result = run_on_rank_zero(on_rank_zero, group)
+    except Exception as e:
+        if published:  # rank 0, after the rename: only the broadcast of the result failed
+            raise PeersLostAfterCommit(
+                published[0],
+                f"checkpoint {final.name} committed (it verifies), but the other ranks could not be told, "
+                f"a rank is probably gone: {describe_error(e)}",
+            ) from e
+        raise
     return CommitResult(path=result[0], manifest=result[1], warnings=result[2])

@@ -17,6 +17,21 @@ class CheckpointSaveError(CheckpointError):
     """A save failed on some rank (I/O error, full disk); nothing was committed and ``latest`` is unchanged."""
 
 
+class PeersLostAfterCommit(CheckpointError):
+    """Rank 0 committed the checkpoint, but telling the other ranks failed (one died after writing its files).
+
+    Not a :class:`CheckpointSaveError`: the folder at :attr:`path` is committed and loadable; the job still
+    has to stop, because a rank is gone.
+    """
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[type, tuple[object, str]]:
+        return type(self), (self.path, str(self))
+
+
 class DiskSpaceError(CheckpointSaveError):
     """Not enough free disk for the next checkpoint, even after pruning what retention allows."""
 

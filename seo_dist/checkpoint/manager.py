@@ -26,7 +26,13 @@ from typing import Any
 from seo_dist import dist
 from seo_dist.checkpoint.async_save import BackgroundWriter, write_staged
 from seo_dist.checkpoint.commit import RankOutcome, commit_checkpoint, describe_error, prepare_staging, run_on_rank_zero
-from seo_dist.checkpoint.errors import CheckpointSaveError, DiskSpaceError, ManifestError, NoValidCheckpointError
+from seo_dist.checkpoint.errors import (
+    CheckpointSaveError,
+    DiskSpaceError,
+    ManifestError,
+    NoValidCheckpointError,
+    PeersLostAfterCommit,
+)
 from seo_dist.checkpoint.hashing import ALGORITHMS, DEFAULT_ALGORITHM, FileRecord, write_torch_file
 from seo_dist.checkpoint.index import (
     build_index,
@@ -176,7 +182,7 @@ class CheckpointManager:
         self._writer = BackgroundWriter()
         self._stager = HostStager(pin_memory=pin_memory)
         self._finished: list[dict[str, Any]] = []
-        self._pending_error: CheckpointSaveError | None = None
+        self._pending_error: CheckpointSaveError | PeersLostAfterCommit | None = None
         self._deferred_events: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self._closed = False
         if async_save:
@@ -503,7 +509,7 @@ class CheckpointManager:
             if error is not None:
                 failure = (
                     error
-                    if isinstance(error, CheckpointSaveError)
+                    if isinstance(error, (CheckpointSaveError, PeersLostAfterCommit))
                     else CheckpointSaveError(
                         f"checkpoint {checkpoint_name(stats['step'])} not committed: {describe_error(error)}"
                     )
@@ -601,6 +607,9 @@ class CheckpointManager:
             result = commit_checkpoint(
                 self.root, step, outcome, make_manifest, group=self.group, after_commit=self._after_commit
             )
+        except PeersLostAfterCommit as e:  # committed; the job must stop all the same
+            self._event("checkpoint_saved", step=step, path=str(e.path), peers_lost=True, error=str(e))
+            raise
         except Exception as e:
             self._event("checkpoint_save_failed", step=step, error=str(e))
             raise

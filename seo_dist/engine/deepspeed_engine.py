@@ -38,6 +38,29 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> tor
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
 
 
+def apply_configured_lr(scheduler: Any, train: TrainConfig) -> float | None:
+    """After a resume, make ``train.lr`` the peak LR again; returns the checkpoint's peak LR if it differed.
+
+    Our schedule is a ``LambdaLR`` whose lambda reads the job's config, so a resume already follows a changed
+    ``warmup_steps``, ``max_steps`` or ``min_lr_ratio``; only the peak LR (``base_lrs``) came back from the
+    checkpoint. Without this, ``--set train.lr=...`` on a resume would be silently ignored (the complaint
+    users of most trainers have). The optimizer's current LR is set for the resumed step at once, so the
+    next update already uses it. A scheduler from the DeepSpeed config is DeepSpeed's: left as loaded.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return None
+    saved = list(scheduler.base_lrs)
+    if all(math.isclose(lr, train.lr, rel_tol=1e-9) for lr in saved):
+        return None
+    factor = lr_factor(scheduler.last_epoch, train)
+    scheduler.base_lrs = [train.lr for _ in saved]
+    for group in scheduler.optimizer.param_groups:
+        group["initial_lr"] = train.lr
+        group["lr"] = train.lr * factor
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    return saved[0]
+
+
 def check_precision(ds: dict[str, Any], device: torch.device) -> None:
     if ds.get("fp16", {}).get("enabled") and device.type == "cpu":
         raise ConfigError("deepspeed.fp16.enabled is not supported on the CPU; use bf16 (deepspeed.bf16.enabled=true) or fp32")
