@@ -18,10 +18,8 @@ Prints a table and writes benchmarks/out/bench_async_writer.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import machine, write_report  # benchmarks/ is on sys.path: these run as scripts
 
 from seo_dist.checkpoint.hashing import write_torch_file
 
@@ -190,27 +189,18 @@ def main() -> None:
         print(
             f"{r['workload']:<9} {r['mode']:<8} {r['step_s']:>16.4f} {r['slowdown_pct']:>8.1f}% {rounds:>28} {rate:>12}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_async_writer",
-                "gb": args.gb,
-                "window_s": args.window_s,
-                "rounds": args.rounds,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "load_average_at_start": load_before,
-                },
-                "rows": rows,
-                "runs": runs,
-                "time": time.time(),
-            },
-            indent=2,
-        )
+    write_report(
+        args.out,
+        {
+            "benchmark": "bench_async_writer",
+            "gb": args.gb,
+            "window_s": args.window_s,
+            "rounds": args.rounds,
+            "machine": machine(load_before),
+            "rows": rows,
+            "runs": runs,
+        },
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import machine, write_report  # benchmarks/ is on sys.path: these run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "out" / "bench_checkpoint.json"
@@ -448,38 +448,23 @@ def main() -> int:
         results = [run_stage(args, int(s), workdir, device) for s in args.stages.split(",")]
         dist.barrier()
     if info.is_rank_zero:
-        machine = {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "world_size": dist.get_world_size(),
-            "load_average_at_start": load_before,
-            "load_average_at_end": os.getloadavg(),
-        }
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         model = f"GPT-2 {args.n_layer} x {args.n_embd}, micro batch {args.micro_batch} x {args.seq} tokens"
         print_table(
             results,
-            f"{model}; {dist.get_world_size()} rank(s) on {machine['device']}; "
+            f"{model}; {dist.get_world_size()} rank(s) on {device_name}; "
             f"{args.saves} saves per method; load average {load_before[0]:.2f}",
         )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "benchmark": "bench_checkpoint",
-                    "model": model,
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "machine": machine,
-                    "results": results,
-                    "time": time.time(),
-                },
-                indent=2,
-                default=str,
-            )
+        write_report(
+            args.out,
+            {
+                "benchmark": "bench_checkpoint",
+                "model": model,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "machine": machine(load_before, device=device_name, world_size=dist.get_world_size()),
+                "results": results,
+            },
         )
-        print(f"wrote {args.out}")
     dist.barrier()
     dist.cleanup()
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -29,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _common import machine, write_report  # benchmarks/ is on sys.path: these run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO / "benchmarks" / "out" / "bench_consolidate.json"
@@ -242,24 +243,6 @@ def print_table(results: list[dict[str, Any]]) -> None:
         )
 
 
-def machine() -> dict[str, Any]:
-    import psutil
-
-    versions = {}
-    for mod in ("torch", "deepspeed", "transformers", "safetensors", "numpy"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "versions": versions,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", default="2,3", type=lambda s: [int(x) for x in s.split(",")])
@@ -311,15 +294,15 @@ def main() -> None:
             results.append(measure(args.workdir, stage, args.repeat))
             shutil.rmtree(args.workdir / f"out{stage}", ignore_errors=True)
         print_table(results)
-        report = {
-            "benchmark": "consolidate",
-            "model": "gpt2-124M (12x768, vocab 50257), fp32, 2 ranks",
-            "machine": machine(),
-            "results": results,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        write_report(
+            args.json,
+            {
+                "benchmark": "consolidate",
+                "model": "gpt2-124M (12x768, vocab 50257), fp32, 2 ranks",
+                "machine": machine(),
+                "results": results,
+            },
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()

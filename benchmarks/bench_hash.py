@@ -10,12 +10,12 @@ records the CPU count and the load average at the start.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine, write_report  # benchmarks/ is on sys.path: these run as scripts
 
 from seo_dist.checkpoint.hashing import ALGORITHMS, HashingWriter, new_hasher
 
@@ -104,28 +104,18 @@ def main() -> None:
             f"{r['overhead_pct']:>19.1f}%"
         )
     print(f"blake3 with its own threads (max_threads=AUTO): {threaded:.2f} GB/s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_hash",
-                "size_mb": args.size_mb,
-                "repeat": args.repeat,
-                "chunk_bytes": CHUNK,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_average_at_start": load_before,
-                },
-                "results": rows,
-                "blake3_threaded_gbps": threaded,
-                "time": time.time(),
-            },
-            indent=2,
-        )
+    write_report(
+        args.out,
+        {
+            "benchmark": "bench_hash",
+            "size_mb": args.size_mb,
+            "repeat": args.repeat,
+            "chunk_bytes": CHUNK,
+            "machine": machine(load_before),
+            "results": rows,
+            "blake3_threaded_gbps": threaded,
+        },
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ reports the median per-step loop time. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 from pathlib import Path
+
+from _common import machine, write_report  # benchmarks/ is on sys.path: these run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,9 +64,7 @@ def main() -> None:
     print(f"{'model':<22} {'step off (s)':>13} {'step on (s)':>12} {'overhead':>9}")
     for r in rows:
         print(f"{r['model']:<22} {r['step_s_off']:>13.4f} {r['step_s_on']:>12.4f} {r['overhead_pct']:>8.2f}%")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "profiling_overhead", "repeats": args.repeats, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, {"benchmark": "profiling_overhead", "repeats": args.repeats, "machine": machine(), "rows": rows})
 
 
 if __name__ == "__main__":

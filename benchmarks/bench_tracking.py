@@ -15,9 +15,7 @@ Scenarios (each call logs ``--scalars`` values):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _common import machine, write_report  # benchmarks/ is on sys.path: these run as scripts
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "bench_tracking.json"
 
@@ -117,8 +117,6 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def report(per_rank: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    from seo_dist.tracking.metadata import cpu_model, framework_versions
-
     rows = []
     for scenario in ("burst", "paced"):
         direct = per_rank[0][f"add_scalar_{scenario}"]
@@ -141,29 +139,20 @@ def report(per_rank: list[dict[str, Any]], args: argparse.Namespace) -> None:
         drain = f"{r['drain_us_per_call']:.1f}" if r.get("drain_us_per_call") else "-"
         print(f"{r['scenario']:<8} {r['what']:<30} {r['mean_us']:>9.2f} {r['p50_us']:>8.2f} {r['p99_us']:>9.2f} "
               f"{r['max_us']:>9.1f} {r['vs_add_scalar']:>12.4f} {drain:>9}")  # fmt: skip
-    versions = framework_versions()
-    out = {
-        "benchmark": "bench_tracking",
-        "calls": args.calls,
-        "scalars_per_call": args.scalars,
-        "wandb": args.wandb,
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "torch": versions["torch"],
-            "tensorboard": versions["tensorboard"],
-        },  # fmt: skip
-        "rows": rows,
-        "notes": "drain us (burst only) = time until the sink thread had written every row (JSONL + TensorBoard), "
-        "per call: the sustained logging rate the sinks keep up with; burst means and maxima include GIL hand-offs "
-        "to the sink thread (sys.getswitchinterval() = 5 ms)",
-    }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_report(
+        args.out,
+        {
+            "benchmark": "bench_tracking",
+            "calls": args.calls,
+            "scalars_per_call": args.scalars,
+            "wandb": args.wandb,
+            "machine": machine(),
+            "rows": rows,
+            "notes": "drain us (burst only) = time until the sink thread had written every row (JSONL + "
+            "TensorBoard), per call: the sustained logging rate the sinks keep up with; burst means and maxima "
+            "include GIL hand-offs to the sink thread (sys.getswitchinterval() = 5 ms)",
+        },
+    )
 
 
 def main() -> int:

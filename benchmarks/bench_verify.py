@@ -10,12 +10,12 @@ first with posix_fadvise(DONTNEED), so the bytes come from the disk. Prints a ta
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine, write_report  # benchmarks/ is on sys.path: these run as scripts
 
 from seo_dist.checkpoint.hashing import ALGORITHMS, HashingWriter, new_hasher
 from seo_dist.checkpoint.manifest import Manifest, records_to_files, write_manifest
@@ -117,26 +117,16 @@ def main() -> None:
             f"{r['algorithm']:<10} {r['mode']:<6} {r['cache']:<5} {r['threads']:>7} {r['seconds']:>8.3f} "
             f"{r['gbps']:>7.2f} {r['raw_hash_gbps_1thread']:>25.2f} {ratio:>13}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_verify",
-                "files": args.files,
-                "file_mb": args.file_mb,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_average_at_start": load_before,
-                },
-                "results": rows,
-                "time": time.time(),
-            },
-            indent=2,
-        )
+    write_report(
+        args.out,
+        {
+            "benchmark": "bench_verify",
+            "files": args.files,
+            "file_mb": args.file_mb,
+            "machine": machine(load_before),
+            "results": rows,
+        },
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ Public names (from the original brief) are imported lazily so that ``import seo_
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from seo_dist._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -27,8 +26,4 @@ _PUBLIC = {
 
 __all__ = [*_PUBLIC, "__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'seo_dist' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)

@@ -658,7 +658,7 @@ def reference_markdown() -> str:
         docs = _field_docs(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
             type_name = _type_name(hints[f.name]).replace(" | ", " / ")
             doc = docs.get(f.name, "").replace("``", "`")
             rows.append(f"| `{section}.{f.name}` | {type_name} | `{json.dumps(default)}` | {doc} |")

@@ -105,6 +105,7 @@ class SEOTrainer:
         self.checkpoints: Any = None
         self.profiler: Any = None
         self.engine: Any = None
+        self.model: torch.nn.Module | None = None
         self._last_checkpoint: Path | None = None
         self._stop = _StopFlag()
 
@@ -138,8 +139,10 @@ class SEOTrainer:
     def _build_engine(self) -> None:
         from seo_dist.engine import build_deepspeed_engine
 
-        self.engine, self.lr_scheduler = build_deepspeed_engine(self.model, self.job.train, self.ds_config)
-        self.model = None  # the engine owns it now
+        model, self.model = self.model, None  # the engine owns it now
+        if model is None:
+            raise RuntimeError("the model is built in __init__; an engine can be built once")
+        self.engine, self.lr_scheduler = build_deepspeed_engine(model, self.job.train, self.ds_config)
 
     def _build_profiler(self, exp_dir: Path | None) -> None:
         from seo_dist.config import zero_stage
@@ -390,7 +393,11 @@ class SEOTrainer:
 
         No collective follows this on purpose: a large export may outlast the process group's timeout.
         """
-        if not dist.is_rank_zero():
+        if not dist.is_rank_zero() or self._result.exp_dir is None:
+            return
+        if self._last_checkpoint is None:  # the final save failed under checkpoint.on_error=warn
+            self.tracker.log_event("final_model_export_skipped", step=self.step, level="warning",
+                                   message="no committed final checkpoint to export")
             return
         from seo_dist.export import consolidate_checkpoint
 
@@ -476,14 +483,14 @@ class SEOTrainer:
         engine, t = self.engine, self.job.train
         was_training = engine.training
         engine.eval()
-        total, count = 0.0, 0
+        total, count = 0.0, 0.0
         for batch in validation_batches(self.val_blocks, t.micro_batch_size, info.rank, info.world_size, t.eval_batches):
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             total += engine(**batch).loss.float().item()
             count += 1
         if was_training:
             engine.train()
-        total, count = dist.all_reduce_sum([total, float(count)])
+        total, count = dist.all_reduce_sum([total, count])
         return total / count
 
     def _log(self, metrics: dict[str, float], result: TrainResult) -> None:

@@ -31,6 +31,7 @@ from chaos_harness import (
 from chaos_scorecard import record
 
 from seo_dist.checkpoint.layout import checkpoint_name
+from seo_dist.tracking.analysis import load_run
 
 pytestmark = pytest.mark.chaos
 
@@ -119,6 +120,9 @@ def test_lost_node_trials(seed, lose, tmp_path, cache_dir):
     assert lost_node["exit_s"] < SURVIVOR_BOUND_S
     if lose == "1":  # rank 0 survived: it recorded the outcome (a dead rank 0 cannot)
         assert metadata(chain.exp_dir)["status"] in ("failed", "interrupted")
+    else:  # metadata still says running; `seo-dist runs` sees the dead lock owner and says abandoned
+        assert metadata(chain.exp_dir)["status"] == "running"
+        assert load_run(chain.exp_dir).status == "abandoned"
     chain.finish(topology="nodes")
     lost = restart_losses(chain)
     check_completed(chain, max_steps)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from chaos_scorecard import record
 
 from seo_dist.checkpoint import commit as commit_module
 from seo_dist.checkpoint import manager as manager_module
@@ -680,3 +681,5 @@ def test_a_rank_dying_after_handing_in_its_files_is_not_reported_as_a_failed_com
     assert outcome["path"] == str(root / checkpoint_name(5))
     assert verify_checkpoint(root / checkpoint_name(5)).ok
     assert not (tmp_path / "r1.json").exists()  # rank 1 really died at that point
+    record("A rank dies after handing in its files, before the commit's verdict",
+           "rank 0 reports the checkpoint committed (PeersLostAfterCommit), not failed; it verifies")

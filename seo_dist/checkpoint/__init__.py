@@ -9,8 +9,7 @@ Layer 1 (no DeepSpeed): :mod:`.hashing`, :mod:`.storage`, :mod:`.manifest`, :mod
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from seo_dist._lazy import lazy_getattr
 
 _PUBLIC = {
     "CheckpointStrategy": "seo_dist.checkpoint.strategy",
@@ -31,8 +30,4 @@ _PUBLIC = {
 
 __all__ = list(_PUBLIC)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'seo_dist.checkpoint' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)

@@ -63,6 +63,8 @@ class HashingCheckpointEngine(CheckpointEngine):
 
     def accept(self, state_dict: Any, relpath: str) -> None:
         """Handle one file of the save: written (and hashed) now. Subclasses may defer the write."""
+        if self.folder is None:
+            raise RuntimeError("save() before create()")
         self.records.append(self.write_file(state_dict, self.folder, relpath))
 
     def write_file(self, state_dict: Any, folder: Path, relpath: str) -> FileRecord:

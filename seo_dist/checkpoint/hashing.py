@@ -127,7 +127,7 @@ def write_torch_file(obj: Any, folder: Path, relpath: str, algorithm: str) -> Fi
 
     writer = HashingWriter(folder / relpath, relpath, algorithm)
     try:
-        torch.save(obj, writer)
+        torch.save(obj, writer)  # type: ignore[arg-type]  # a file-like object: write/flush/tell
     except BaseException:
         writer.abort()
         raise

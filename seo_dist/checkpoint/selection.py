@@ -48,7 +48,7 @@ def load_candidates(default_root: Path, which: str | Path, metric: str, maximize
         return [root / i.name for i in ranked]
     if explicit is not None:
         pivot = parse_step(explicit.name)
-        older = [d for d in newest_first if pivot is not None and parse_step(d.name) < pivot]
+        older = [d for d in newest_first if pivot is not None and _step(d) < pivot]
         return [explicit, *older]
     latest = read_latest(root)
     if latest is not None and scan.by_name(latest) is not None:
@@ -57,5 +57,10 @@ def load_candidates(default_root: Path, which: str | Path, metric: str, maximize
     pivot = parse_step(first[0].name) if first else None
     rest = [d for d in newest_first if d not in first]
     if pivot is not None:
-        rest = [d for d in rest if parse_step(d.name) < pivot] + [d for d in rest if parse_step(d.name) > pivot]
+        rest = [d for d in rest if _step(d) < pivot] + [d for d in rest if _step(d) > pivot]
     return first + rest
+
+
+def _step(folder: Path) -> int:
+    step = parse_step(folder.name)
+    return -1 if step is None else step  # step_dirs() lists step folders only; -1 never happens

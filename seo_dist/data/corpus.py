@@ -68,7 +68,8 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
 
 def split_records(records: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
     """Deterministic split by a hash of the record id, so a record never moves between splits."""
-    train, val = [], []
+    train: list[dict] = []
+    val: list[dict] = []
     threshold = int(val_fraction * 10_000)
     for rec in records:
         bucket = int(hashlib.sha256(str(rec["id"]).encode()).hexdigest()[:8], 16) % 10_000

@@ -45,7 +45,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)  # type: ignore[return-value]
     except (OSError, ValueError) as e:
         raise UserError(f"tokenizer directory {str(path)!r} cannot be loaded: {str(e).splitlines()[0]}") from None
 

@@ -16,7 +16,8 @@ _NO_DECAY = ("bias", "norm", "ln_", "layernorm", "wpe", "wte", "embed")
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and embeddings (the usual LM recipe)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -58,7 +59,7 @@ def apply_configured_lr(scheduler: Any, train: TrainConfig) -> float | None:
         group["initial_lr"] = train.lr
         group["lr"] = train.lr * factor
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
-    return saved[0]
+    return float(saved[0])
 
 
 def check_precision(ds: dict[str, Any], device: torch.device) -> None:

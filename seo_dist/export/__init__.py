@@ -7,8 +7,7 @@ command line. Names are imported lazily: ``import seo_dist.export`` costs nothin
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from seo_dist._lazy import lazy_getattr
 
 _PUBLIC = {
     "consolidate": "seo_dist.export.consolidate",
@@ -22,8 +21,4 @@ _PUBLIC = {
 
 __all__ = list(_PUBLIC)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'seo_dist.export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)

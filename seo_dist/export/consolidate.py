@@ -216,7 +216,7 @@ def consolidate(
     max_bytes = _parse_shard_size(max_shard_size)
     if verify not in VERIFY_MODES:
         raise UserError(f"verify mode {verify!r} not supported; choose one of {', '.join(VERIFY_MODES)}")
-    folder = resolve_checkpoint(ckpt_dir, best=best)
+    folder = resolve_checkpoint(Path(ckpt_dir), best=best)
     out = Path(out_dir)
     _check_destination(out, folder)
     staging = out.with_name(out.name + STAGING_SUFFIX)

@@ -114,4 +114,4 @@ def convert(data: memoryview | bytes | bytearray, source: DType, target: DType) 
         for start in range(0, values.size, BLOCK_ELEMENTS):
             end = start + BLOCK_ELEMENTS
             _convert_block(values[start:end], source, target, out[start:end])
-    return memoryview(out).cast("B")
+    return out.view(np.uint8).data

@@ -26,11 +26,12 @@ def is_checkpoint_folder(path: Path) -> bool:
 
 
 def _best_from_index(root: Path) -> str | None:
-    index = read_index(root)
-    best = index.get("best") if index else None
+    index = read_index(root) or {}
+    best = index.get("best")
     if not isinstance(best, dict) or not best:
         return None
-    tracked = index.get("tracked") if isinstance(index.get("tracked"), dict) else {}
+    tracked = index.get("tracked")
+    tracked = tracked if isinstance(tracked, dict) else {}
     for metric in [*tracked, *best]:
         entry = best.get(metric)
         if isinstance(entry, dict) and isinstance(entry.get("name"), str) and (root / entry["name"]).is_dir():

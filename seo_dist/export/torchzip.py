@@ -84,6 +84,9 @@ class Opaque:
     """
 
     qualname = "?"
+    args: tuple[Any, ...]
+    state: Any
+    items: dict[Any, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Opaque:
         obj = super().__new__(cls)

@@ -14,12 +14,12 @@ rank's busy time exceeds the median of the other ranks': roughly the time the jo
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 # Cross-rank reduction of each memory / GPU reading: the worst rank for peaks and heat,
 # totals for counters, the average for rates.
-_REDUCE = {
+_REDUCE: dict[str, Callable[[list[float]], float]] = {
     "mem/host_rss_gb": max,
     "mem/host_peak_rss_gb": max,
     "mem/device_max_allocated_gb": max,

@@ -10,8 +10,7 @@ Names are imported lazily, so ``seo-dist runs`` and friends do not pay for impor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from seo_dist._lazy import lazy_getattr
 
 _PUBLIC = {
     "STATUSES": "seo_dist.tracking.tracker",
@@ -26,11 +25,7 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'seo_dist.tracking' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)
 
 
 def __dir__() -> list[str]:

@@ -129,9 +129,8 @@ def package_version(name: str) -> str | None:
 def framework_versions() -> dict[str, Any]:
     """torch/CUDA/cuDNN/NCCL and library versions, without importing DeepSpeed (slow, noisy)."""
     versions: dict[str, Any] = {name: package_version(name) for name in _VERSION_PACKAGES}
-    torch = sys.modules.get("torch")
-    if torch is None:
-        import torch
+    import torch  # already loaded by the job in practice; imported here for the standalone commands
+
     versions["torch"] = torch.__version__
     versions["cuda"] = torch.version.cuda
     versions["cudnn"] = None
@@ -153,7 +152,7 @@ def system_info(hosts: dict[str, Any]) -> dict[str, Any]:
     """
     import psutil
 
-    gpus = next((h["gpus"] for h in hosts.get("hosts", []) if 0 in h["ranks"]), [])
+    gpus: list[dict[str, Any]] = next((h["gpus"] for h in hosts.get("hosts", []) if 0 in h["ranks"]), [])
 
     return {
         "python": sys.version.split()[0],
@@ -176,7 +175,7 @@ def requirements_text() -> str:
     """``pip freeze``-like listing of the installed distributions, read with importlib.metadata (no subprocess)."""
     lines: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.metadata["Name"]
         if not name or name.lower() in lines:
             continue
         line = f"{name}=={dist.version}"

@@ -31,7 +31,7 @@ from typing import Any
 
 from seo_dist.tracking.jsonio import iter_jsonl
 from seo_dist.tracking.logger import ExperimentLogger
-from seo_dist.tracking.sinks import Sink
+from seo_dist.tracking.sinks import JsonlSink, Sink
 
 LAZY_OPEN_WAIT_S = 30.0
 """At close, how long to wait for a sink that is still opening (wandb online with a slow or absent network
@@ -255,7 +255,7 @@ class MetricsTracker:
                 dropped = 0
                 for sink in list(self.sinks):
                     result = self._sink_call(sink, "truncate_after", command.arg)
-                    if sink.name == "jsonl":
+                    if isinstance(sink, JsonlSink):
                         dropped = int(result or 0)
                         self._reseed(sink)
                 command.result = dropped
@@ -269,7 +269,7 @@ class MetricsTracker:
             command.done.set()
         return False
 
-    def _reseed(self, jsonl: Sink) -> None:
+    def _reseed(self, jsonl: JsonlSink) -> None:
         """After a truncation, rebuild the summary from the rows that remain."""
         self.summary = MetricSummary()
         for row in iter_jsonl(jsonl.path):

@@ -149,13 +149,13 @@ class WandbSink:
         import wandb
 
         Path(wandb_dir_parent).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
+        self.run: Any = wandb.init(
             project=project,
             name=run_name,
             id=run_id,
             resume="allow",
             dir=str(wandb_dir_parent),
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # checked against wandb's modes in the config
             config=config or {},
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off"),

@@ -34,7 +34,7 @@ from seo_dist.tracking import metadata as md
 from seo_dist.tracking.jsonio import dumps_line, iter_jsonl, json_safe, read_json, write_json_atomic
 from seo_dist.tracking.layout import ExperimentLayout
 from seo_dist.tracking.lock import HEARTBEAT_INTERVAL_S, STALE_AFTER_S, ExperimentLock
-from seo_dist.tracking.logger import ExperimentLogger, default_level, describe_error
+from seo_dist.tracking.logger import ExperimentLogger, Level, default_level, describe_error
 from seo_dist.tracking.metrics import MetricsTracker
 from seo_dist.tracking.signals import TrainingInterrupted
 from seo_dist.tracking.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, truncate_metrics_file
@@ -494,7 +494,7 @@ class ExperimentTracker:
             self._save_metadata()  # the outcome first; draining the sinks below can take a while
             if self.metrics is not None:
                 self.metrics.close(exit_code=0 if status == "completed" else 1)  # drains the queue first
-            level = "info" if status == "completed" else ("error" if status == "failed" else "warning")
+            level: Level = "info" if status == "completed" else ("error" if status == "failed" else "warning")
             try:
                 self.logger.event("end", level, step=self._last_step(), status=status, message=text, traceback=tb)
             except Exception:
