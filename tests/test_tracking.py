@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -596,6 +597,27 @@ def test_lock_of_another_live_process_and_stale_takeover(tmp_path: Path) -> None
     t.end_experiment("completed")
     took = [e for e in events(exp_dir) if e["event"] == "stale_lock_taken_over"]
     assert len(took) == 1 and str(other.pid) in took[0]["message"]
+
+
+def test_lock_of_a_killed_but_unreaped_owner_is_stale(tmp_path: Path) -> None:
+    """A SIGKILLed rank 0 whose launcher died too stays a zombie until init reaps it (seconds in containers):
+    its pid still exists, but it holds nothing."""
+    lock_path = tmp_path / ".lock"
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_path.write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname(),
+                                         "create_time": psutil.Process(owner.pid).create_time(),
+                                         "acquired_at": time.time()}))  # fmt: skip
+        assert lock_state(lock_path) == "live"
+        owner.send_signal(signal.SIGKILL)  # not waited for: a zombie until owner.wait() below
+        deadline = time.monotonic() + 10
+        while psutil.Process(owner.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert psutil.pid_exists(owner.pid) and psutil.Process(owner.pid).status() == psutil.STATUS_ZOMBIE
+        assert lock_state(lock_path) == "stale"
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 def test_lock_from_another_host_goes_stale_without_heartbeat(tmp_path: Path) -> None:

@@ -39,11 +39,19 @@ class LockOwner:
         return f"pid {self.pid} on host {self.host}"
 
 
-def _process_create_time(pid: int) -> float | None:
+def _owner_alive(owner: LockOwner) -> bool:
+    """Whether the lock's owner still runs on this host: not gone, not a zombie (killed, not yet reaped; a
+    SIGKILLed worker whose launcher died too stays one until init gets to it), not a recycled pid."""
     try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(owner.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        create_time = proc.create_time()
+    except psutil.NoSuchProcess:
+        return False
     except (psutil.Error, OSError):
-        return None
+        return True  # cannot tell (permissions): assume it runs
+    return owner.create_time is None or abs(create_time - owner.create_time) <= 1.0
 
 
 def read_lock_owner(path: Path) -> LockOwner | None:
@@ -66,12 +74,7 @@ def lock_state(path: Path, stale_after_s: float = STALE_AFTER_S) -> LockState:
         # unreadable: a writer may be between create and write; give it a moment before calling it stale
         return "live" if time.time() - mtime < 5.0 else "stale"
     if owner.host == socket.gethostname():
-        if not psutil.pid_exists(owner.pid):
-            return "stale"
-        now_create = _process_create_time(owner.pid)
-        if owner.create_time is not None and now_create is not None and abs(now_create - owner.create_time) > 1.0:
-            return "stale"  # the pid was recycled by an unrelated process
-        return "live"
+        return "live" if _owner_alive(owner) else "stale"
     return "live" if time.time() - mtime < stale_after_s else "stale"
 
 
@@ -84,7 +87,7 @@ class ExperimentLock:
         self.held = False
         self.took_over: LockOwner | None = None
         """The previous owner when a stale lock was taken over (for an event)."""
-        self._me = LockOwner(os.getpid(), socket.gethostname(), _process_create_time(os.getpid()), time.time())
+        self._me = LockOwner(os.getpid(), socket.gethostname(), psutil.Process().create_time(), time.time())
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`UserError` naming the job that holds it."""
