@@ -53,7 +53,7 @@ def check_completed(chain: Chain, max_steps: int) -> None:
     assert not (chain.exp_dir / ".lock").exists()
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_marathon(seed, tmp_path, cache_dir):
     trials = 10
     max_steps = 8 * trials + 10
