@@ -51,6 +51,7 @@ def main() -> None:
     from seo_dist.train import _quiet_libraries
 
     _quiet_libraries()
+    load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
@@ -64,7 +65,7 @@ def main() -> None:
     print(f"{'model':<22} {'step off (s)':>13} {'step on (s)':>12} {'overhead':>9}")
     for r in rows:
         print(f"{r['model']:<22} {r['step_s_off']:>13.4f} {r['step_s_on']:>12.4f} {r['overhead_pct']:>8.2f}%")
-    write_report(args.out, {"benchmark": "profiling_overhead", "repeats": args.repeats, "machine": machine(), "rows": rows})
+    write_report(args.out, {"benchmark": "profiling_overhead", "repeats": args.repeats, "machine": machine(load_before), "rows": rows})
 
 
 if __name__ == "__main__":
