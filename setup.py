@@ -29,6 +29,6 @@ setup(
         "blake3>=0.4",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "mypy>=1.10"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", "mypy==2.4.1"]},
     entry_points={"console_scripts": ["seo-dist=seo_dist.cli:main"]},
 )

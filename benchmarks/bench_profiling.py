@@ -20,10 +20,20 @@ from _common import machine, write_report  # benchmarks/ is on sys.path: these r
 REPO = Path(__file__).resolve().parents[1]
 
 MODELS = {
-    "tiny (4x128)": ["model.config.n_layer=4", "model.config.n_embd=128", "model.config.n_head=4",
-                     "train.micro_batch_size=8", "train.max_steps=40"],
-    "gpt2-124M (12x768)": ["model.config.n_layer=12", "model.config.n_embd=768", "model.config.n_head=12",
-                           "train.micro_batch_size=2", "train.max_steps=10"],
+    "tiny (4x128)": [
+        "model.config.n_layer=4",
+        "model.config.n_embd=128",
+        "model.config.n_head=4",
+        "train.micro_batch_size=8",
+        "train.max_steps=40",
+    ],
+    "gpt2-124M (12x768)": [
+        "model.config.n_layer=12",
+        "model.config.n_embd=768",
+        "model.config.n_head=12",
+        "train.micro_batch_size=2",
+        "train.max_steps=10",
+    ],
 }
 
 
@@ -31,12 +41,24 @@ def run_once(overrides: list[str], enabled: bool, workdir: Path) -> float:
     from seo_dist.config import load_config
     from seo_dist.trainer import SEOTrainer
 
-    job = load_config(REPO / "configs" / "tiny_cpu.yaml", [
-        *overrides, f"profiling.enabled={str(enabled).lower()}", "train.eval_interval=0", "train.eval_batches=1",
-        "train.progress_bar=false", "train.log_interval=5", "checkpoint.save_interval=0", "checkpoint.save_final=false",
-        f"experiment.base_dir={workdir}", "experiment.wandb=disabled", "experiment.tensorboard=false",
-        "experiment.console=false", "experiment.code_snapshot=false",
-    ])
+    job = load_config(
+        REPO / "configs" / "tiny_cpu.yaml",
+        [
+            *overrides,
+            f"profiling.enabled={str(enabled).lower()}",
+            "train.eval_interval=0",
+            "train.eval_batches=1",
+            "train.progress_bar=false",
+            "train.log_interval=5",
+            "checkpoint.save_interval=0",
+            "checkpoint.save_final=false",
+            f"experiment.base_dir={workdir}",
+            "experiment.wandb=disabled",
+            "experiment.tensorboard=false",
+            "experiment.console=false",
+            "experiment.code_snapshot=false",
+        ],
+    )
     result = SEOTrainer(job).train()
     return result.loop_time_s / result.step
 
@@ -60,12 +82,23 @@ def main() -> None:
                 for enabled in (False, True):
                     times[enabled].append(run_once(MODELS[name], enabled, Path(tmp)))
             off, on = statistics.median(times[False]), statistics.median(times[True])
-            rows.append({"model": name, "step_s_off": off, "step_s_on": on, "overhead_pct": 100 * (on - off) / off,
-                         "runs_off": times[False], "runs_on": times[True]})
+            rows.append(
+                {
+                    "model": name,
+                    "step_s_off": off,
+                    "step_s_on": on,
+                    "overhead_pct": 100 * (on - off) / off,
+                    "runs_off": times[False],
+                    "runs_on": times[True],
+                }
+            )
     print(f"{'model':<22} {'step off (s)':>13} {'step on (s)':>12} {'overhead':>9}")
     for r in rows:
         print(f"{r['model']:<22} {r['step_s_off']:>13.4f} {r['step_s_on']:>12.4f} {r['overhead_pct']:>8.2f}%")
-    write_report(args.out, {"benchmark": "profiling_overhead", "repeats": args.repeats, "machine": machine(load_before), "rows": rows})
+    write_report(
+        args.out,
+        {"benchmark": "profiling_overhead", "repeats": args.repeats, "machine": machine(load_before), "rows": rows},
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,12 @@ class ExperimentConfig:
         problems = []
         if self.metrics_logging_interval < 1:
             problems.append(f"experiment.metrics_logging_interval must be >= 1, got {self.metrics_logging_interval}")
-        if self.experiment_id is not None and (not self.experiment_id or "/" in self.experiment_id or "\x00" in self.experiment_id
-                                               or self.experiment_id in (".", "..")):
+        if self.experiment_id is not None and (
+            not self.experiment_id
+            or "/" in self.experiment_id
+            or "\x00" in self.experiment_id
+            or self.experiment_id in (".", "..")
+        ):
             problems.append(f"experiment.experiment_id must be a plain folder name, got {self.experiment_id!r}")
         if "\x00" in self.base_dir:
             problems.append(f"experiment.base_dir must be a path without NUL characters, got {self.base_dir!r}")
@@ -217,11 +221,15 @@ class CheckpointConfig:
         if self.save_interval < 0:
             problems.append(f"checkpoint.save_interval must be >= 0, got {self.save_interval}")
         if self.keep_last < 2:
-            problems.append(f"checkpoint.keep_last must be >= 2 (a crash mid-save must leave one), got {self.keep_last}")
+            problems.append(
+                f"checkpoint.keep_last must be >= 2 (a crash mid-save must leave one), got {self.keep_last}"
+            )
         if self.keep_best < 0:
             problems.append(f"checkpoint.keep_best must be >= 0, got {self.keep_best}")
         if "/" not in self.best_metric:
-            problems.append(f"checkpoint.best_metric must be a 'group/name' metric such as 'val/loss', got {self.best_metric!r}")
+            problems.append(
+                f"checkpoint.best_metric must be a 'group/name' metric such as 'val/loss', got {self.best_metric!r}"
+            )
         return problems
 
 
@@ -450,7 +458,9 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r}: top level must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(path)!r}: top level must be a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -468,15 +478,21 @@ def _load_deepspeed_section(value: Any, base: Path) -> dict[str, Any]:
                 try:
                     data = json.loads(cand.read_text())
                 except json.JSONDecodeError as e:
-                    raise ConfigError(f"deepspeed config {str(cand)!r} line {e.lineno}: {e.msg}; fix the JSON") from None
+                    raise ConfigError(
+                        f"deepspeed config {str(cand)!r} line {e.lineno}: {e.msg}; fix the JSON"
+                    ) from None
                 if not isinstance(data, dict):
                     raise ConfigError(f"deepspeed config {str(cand)!r} must hold a JSON object")
                 return data
-        raise ConfigError(f"deepspeed: file {value!r} does not exist (looked next to the config and in the working directory)")
+        raise ConfigError(
+            f"deepspeed: file {value!r} does not exist (looked next to the config and in the working directory)"
+        )
     raise ConfigError(f"deepspeed: expected a mapping or a path to a JSON file, got {value!r}")
 
 
-def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), base: Path | None = None) -> JobConfig:
+def build_config(
+    raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), base: Path | None = None
+) -> JobConfig:
     """A validated :class:`JobConfig` from a raw mapping plus ``--set`` overrides."""
     raw = copy.deepcopy(raw)
     raw["deepspeed"] = _load_deepspeed_section(raw.get("deepspeed"), base or Path.cwd())
@@ -599,9 +615,30 @@ def known_deepspeed_keys() -> set[str]:
         except Exception:
             continue
         keys.update(v for k, v in vars(mod).items() if k.isupper() and isinstance(v, str) and v.isidentifier())
-    keys.update({"wandb", "tensorboard", "csv_monitor", "comet", "comms_logger", "flops_profiler", "compile", "checkpoint",
-                 "data_efficiency", "weight_quantization", "hybrid_engine", "timers", "zero_allow_untested_optimizer",
-                 "zero_force_ds_cpu_optimizer", "torch_autocast", "amp", "aio", "nebula", "pipeline", "sparse_attention"})
+    keys.update(
+        {
+            "wandb",
+            "tensorboard",
+            "csv_monitor",
+            "comet",
+            "comms_logger",
+            "flops_profiler",
+            "compile",
+            "checkpoint",
+            "data_efficiency",
+            "weight_quantization",
+            "hybrid_engine",
+            "timers",
+            "zero_allow_untested_optimizer",
+            "zero_force_ds_cpu_optimizer",
+            "torch_autocast",
+            "amp",
+            "aio",
+            "nebula",
+            "pipeline",
+            "sparse_attention",
+        }
+    )
     return keys
 
 
@@ -612,7 +649,11 @@ def resolve_deepspeed(job: JobConfig, world_size: int) -> dict[str, Any]:
     """
     ds = copy.deepcopy(job.deepspeed)
     t = job.train
-    expected = {DS_MICRO: t.micro_batch_size, DS_ACCUM: t.grad_accum, DS_GLOBAL: t.micro_batch_size * t.grad_accum * world_size}
+    expected = {
+        DS_MICRO: t.micro_batch_size,
+        DS_ACCUM: t.grad_accum,
+        DS_GLOBAL: t.micro_batch_size * t.grad_accum * world_size,
+    }
     for key, want in expected.items():
         have = ds.get(key)
         if have is not None and have != want:
@@ -662,8 +703,10 @@ def reference_markdown() -> str:
             type_name = _type_name(hints[f.name]).replace(" | ", " / ")
             doc = docs.get(f.name, "").replace("``", "`")
             rows.append(f"| `{section}.{f.name}` | {type_name} | `{json.dumps(default)}` | {doc} |")
-    rows.append("| `deepspeed` | mapping or path | `{}` | A standard DeepSpeed config, inline or a JSON file "
-                "(relative to the YAML). Batch sizes are derived from `train`; `--set deepspeed.a.b=v` reaches inside. |")
+    rows.append(
+        "| `deepspeed` | mapping or path | `{}` | A standard DeepSpeed config, inline or a JSON file "
+        "(relative to the YAML). Batch sizes are derived from `train`; `--set deepspeed.a.b=v` reaches inside. |"
+    )
     return "\n".join(rows)
 
 

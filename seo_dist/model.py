@@ -25,8 +25,10 @@ def build_hf_config(cfg: ModelConfig, tokenizer: Any, seq_len: int) -> Pretraine
     fields.setdefault("pad_token_id", tokenizer.pad_token_id)
     hf_config = AutoConfig.for_model(cfg.arch, **fields)
     if hf_config.vocab_size < len(tokenizer):
-        raise ConfigError(f"model.config.vocab_size={hf_config.vocab_size} is smaller than the tokenizer's "
-                          f"{len(tokenizer)} tokens; remove it (it is derived) or raise it")
+        raise ConfigError(
+            f"model.config.vocab_size={hf_config.vocab_size} is smaller than the tokenizer's "
+            f"{len(tokenizer)} tokens; remove it (it is derived) or raise it"
+        )
     check_max_positions(hf_config, seq_len)
     return hf_config
 
@@ -35,8 +37,10 @@ def check_max_positions(hf_config: PretrainedConfig, seq_len: int) -> None:
     for name in _MAX_POSITION_FIELDS:
         limit = getattr(hf_config, name, None)
         if isinstance(limit, int) and limit < seq_len:
-            raise ConfigError(f"train.seq_len={seq_len} exceeds the model's {name}={limit}; "
-                              f"lower train.seq_len or set model.config.{name}")
+            raise ConfigError(
+                f"train.seq_len={seq_len} exceeds the model's {name}={limit}; "
+                f"lower train.seq_len or set model.config.{name}"
+            )
 
 
 def build_model(cfg: ModelConfig, tokenizer: Any, seq_len: int) -> PreTrainedModel:
@@ -47,11 +51,15 @@ def build_model(cfg: ModelConfig, tokenizer: Any, seq_len: int) -> PreTrainedMod
         try:
             model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"model.pretrained {cfg.pretrained!r} cannot be loaded: {str(e).splitlines()[0]}") from None
+            raise ConfigError(
+                f"model.pretrained {cfg.pretrained!r} cannot be loaded: {str(e).splitlines()[0]}"
+            ) from None
         check_max_positions(model.config, seq_len)
         if model.config.vocab_size < len(tokenizer):
-            raise ConfigError(f"model.pretrained has vocab_size {model.config.vocab_size} < the tokenizer's "
-                              f"{len(tokenizer)}; use the model's own tokenizer (data.tokenizer)")
+            raise ConfigError(
+                f"model.pretrained has vocab_size {model.config.vocab_size} < the tokenizer's "
+                f"{len(tokenizer)}; use the model's own tokenizer (data.tokenizer)"
+            )
     else:
         model = AutoModelForCausalLM.from_config(build_hf_config(cfg, tokenizer, seq_len))
     if cfg.gradient_checkpointing:

@@ -21,9 +21,18 @@ CONFIG_FILE = "config.yaml"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="job YAML file (default with --resume: EXP_DIR/config.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.lr=1e-3 deepspeed.zero_optimization.stage=3")
-    parser.add_argument("--resume", type=Path, help="experiment directory (or one of its checkpoint folders) to continue")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=1e-3 deepspeed.zero_optimization.stage=3",
+    )
+    parser.add_argument(
+        "--resume", type=Path, help="experiment directory (or one of its checkpoint folders) to continue"
+    )
 
 
 def resolve_job(args: argparse.Namespace):
@@ -61,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
     if dist.get_dist_info().is_rank_zero:
         where = f" in {result.exp_dir}" if result.exp_dir else ""
         final = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
-        print(f"seo_dist: {result.status} at step {result.step}; val/loss {result.initial_val_loss:.4f} -> "
-              f"{final}{where}", flush=True)
+        print(
+            f"seo_dist: {result.status} at step {result.step}; val/loss {result.initial_val_loss:.4f} -> "
+            f"{final}{where}",
+            flush=True,
+        )
     return 0
 
 

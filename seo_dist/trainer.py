@@ -126,8 +126,10 @@ class SEOTrainer:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.val_blocks.shape[0] // info.world_size < mb:
-            raise ConfigError(f"the validation split has {self.val_blocks.shape[0]} blocks, too few for "
-                              f"{info.world_size} rank(s) x train.micro_batch_size={mb}; raise data.val_fraction")
+            raise ConfigError(
+                f"the validation split has {self.val_blocks.shape[0]} blocks, too few for "
+                f"{info.world_size} rank(s) x train.micro_batch_size={mb}; raise data.val_fraction"
+            )
 
     def _build_model(self) -> None:
         from seo_dist.model import build_model
@@ -169,8 +171,12 @@ class SEOTrainer:
         from seo_dist.checkpoint import AdvancedCheckpointManager
 
         self.checkpoints = AdvancedCheckpointManager.from_config(
-            exp_dir / "checkpoints", self.job.checkpoint, event_fn=self.tracker.log_event,
-            config_hash=self.job.config_hash(), config=self.job.to_dict())
+            exp_dir / "checkpoints",
+            self.job.checkpoint,
+            event_fn=self.tracker.log_event,
+            config_hash=self.job.config_hash(),
+            config=self.job.to_dict(),
+        )
         self.checkpoints.sweep_abandoned()
         self.tracker.checkpoint_manager = self.checkpoints
 
@@ -185,8 +191,11 @@ class SEOTrainer:
             loaded = self.checkpoints.load_checkpoint(target, self.engine)
         except NoCheckpointError:
             self.tracker.set_resume_step(-1)  # starting over: rows the earlier attempt logged would be duplicates
-            self.tracker.log_event("resume_without_checkpoint", step=0,
-                                   message=f"{self.resume} has no checkpoint yet; training starts at step 0")
+            self.tracker.log_event(
+                "resume_without_checkpoint",
+                step=0,
+                message=f"{self.resume} has no checkpoint yet; training starts at step 0",
+            )
             return False
         state = loaded["rank_state"]
         self.step = int(loaded["step"])
@@ -206,17 +215,27 @@ class SEOTrainer:
         saved = apply_configured_lr(self.lr_scheduler, self.job.train)
         if saved is not None:
             message = f"train.lr changed since the checkpoint: peak LR {saved:g} -> {self.job.train.lr:g} from step {self.step}"
-            self.tracker.log_event("lr_changed_on_resume", step=self.step, level="warning", saved_lr=saved,
-                                   lr=self.job.train.lr, message=message)
+            self.tracker.log_event(
+                "lr_changed_on_resume",
+                step=self.step,
+                level="warning",
+                saved_lr=saved,
+                lr=self.job.train.lr,
+                message=message,
+            )
 
     def _save(self, metrics: dict[str, float], *, final: bool = False) -> None:
         """Save on every rank; log how long the loop was blocked (``ckpt/stall_s``). The final save is
         synchronous: it is committed when this returns (a pre-empted job may be killed right after)."""
         start = time.perf_counter()
         self._last_checkpoint = self.checkpoints.save_checkpoint(
-            self.engine, step=self.step, metrics=metrics, epoch=self.loader.epoch,
+            self.engine,
+            step=self.step,
+            metrics=metrics,
+            epoch=self.loader.epoch,
             rank_state={"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen},
-            blocking=True if final else None)
+            blocking=True if final else None,
+        )
         self.tracker.log_metrics({"ckpt/stall_s": time.perf_counter() - start}, step=self.step)
 
     def _start_tracking(self) -> Path | None:
@@ -234,9 +253,13 @@ class SEOTrainer:
             if previous is not None:
                 self.tracker.log_event("restart_resumed", attempt=attempt, path=previous)
             else:
-                self.tracker.log_event("restart_not_resumed", level="warning", attempt=attempt,
-                                       message="torchrun restarted the workers but the previous attempt left no "
-                                               "experiment to continue; training starts at step 0")
+                self.tracker.log_event(
+                    "restart_not_resumed",
+                    level="warning",
+                    attempt=attempt,
+                    message="torchrun restarted the workers but the previous attempt left no "
+                    "experiment to continue; training starts at step 0",
+                )
         if dist.is_rank_zero() and exp_cfg.tracking_enabled:
             self.tokenizer.save_pretrained(str(exp_dir / "artifacts" / "tokenizer"))
         return exp_dir
@@ -342,8 +365,14 @@ class SEOTrainer:
         result.initial_val_loss = self.evaluate()
         if not resumed:  # a resumed run logged this step's validation before it stopped
             self._log({"val/loss": result.initial_val_loss}, result)
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress_bar and info.is_rank_zero),
-                   desc="train", dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=t.max_steps,
+            initial=self.step,
+            disable=not (t.progress_bar and info.is_rank_zero),
+            desc="train",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         engine.train()
         loop_start = time.perf_counter()
         stop, step_metrics = False, {}
@@ -361,8 +390,12 @@ class SEOTrainer:
             if self.step % t.log_interval == 0 or self.step == t.max_steps or stop:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
-                metrics = {"train/loss": window_loss / window_steps, "train/lr": self.lr_scheduler.get_last_lr()[0],
-                           "train/tokens_seen": float(self.tokens_seen), **self.profiler.collect(self.step)}
+                metrics = {
+                    "train/loss": window_loss / window_steps,
+                    "train/lr": self.lr_scheduler.get_last_lr()[0],
+                    "train/tokens_seen": float(self.tokens_seen),
+                    **self.profiler.collect(self.step),
+                }
                 self._log(metrics, result)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
@@ -396,8 +429,12 @@ class SEOTrainer:
         if not dist.is_rank_zero() or self._result.exp_dir is None:
             return
         if self._last_checkpoint is None:  # the final save failed under checkpoint.on_error=warn
-            self.tracker.log_event("final_model_export_skipped", step=self.step, level="warning",
-                                   message="no committed final checkpoint to export")
+            self.tracker.log_event(
+                "final_model_export_skipped",
+                step=self.step,
+                level="warning",
+                message="no committed final checkpoint to export",
+            )
             return
         from seo_dist.export import consolidate_checkpoint
 
@@ -415,8 +452,11 @@ class SEOTrainer:
         for stats in finished:
             if stats.get("error"):
                 continue  # reported as a checkpoint_save_failed event (checkpoint.on_error=warn)
-            metrics = {f"ckpt/{k}": float(stats[k]) for k in ("stage_s", "write_s", "bytes", "write_gbps", "commit_s")
-                       if stats.get(k) is not None}
+            metrics = {
+                f"ckpt/{k}": float(stats[k])
+                for k in ("stage_s", "write_s", "bytes", "write_gbps", "commit_s")
+                if stats.get(k) is not None
+            }
             self.tracker.log_metrics(metrics, step=self.step)  # at the current step: rows stay in step order
 
     def _with_best_metric(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -447,9 +487,14 @@ class SEOTrainer:
                     local = loss.detach().float().item()
                     # global sum of losses; ranks with a non-finite loss, asked to stop, with a failed save
                     failed_here = self.checkpoints is not None and self.checkpoints.failed
-                    loss_sum, bad, stops, failures = dist.all_reduce_sum([
-                        local if math.isfinite(local) else 0.0, 0.0 if math.isfinite(local) else 1.0,
-                        1.0 if self._stop.signum is not None else 0.0, 1.0 if failed_here else 0.0])
+                    loss_sum, bad, stops, failures = dist.all_reduce_sum(
+                        [
+                            local if math.isfinite(local) else 0.0,
+                            0.0 if math.isfinite(local) else 1.0,
+                            1.0 if self._stop.signum is not None else 0.0,
+                            1.0 if failed_here else 0.0,
+                        ]
+                    )
                 stop = stop or stops > 0
                 ckpt_failed = ckpt_failed or failures > 0
                 if bad:
@@ -467,14 +512,22 @@ class SEOTrainer:
 
     def _on_non_finite(self, local_loss: float, in_a_row: int) -> None:
         policy = self.job.train.on_nan
-        self.tracker.log_event("non_finite_loss", step=self.step, level="error" if policy == "stop" else "warning",
-                               local_loss=str(local_loss), policy=policy, in_a_row=in_a_row)
+        self.tracker.log_event(
+            "non_finite_loss",
+            step=self.step,
+            level="error" if policy == "stop" else "warning",
+            local_loss=str(local_loss),
+            policy=policy,
+            in_a_row=in_a_row,
+        )
         if policy == "stop":
             raise NonFiniteLossError(f"loss became non-finite at step {self.step} (train.on_nan=stop)")
         if in_a_row >= MAX_CONSECUTIVE_NON_FINITE:
-            raise NonFiniteLossError(f"loss stayed non-finite for {in_a_row} micro-batches in a row at step {self.step}: "
-                                     f"the weights have diverged and skipping cannot recover (lower train.lr, or resume "
-                                     f"from an earlier checkpoint)")
+            raise NonFiniteLossError(
+                f"loss stayed non-finite for {in_a_row} micro-batches in a row at step {self.step}: "
+                f"the weights have diverged and skipping cannot recover (lower train.lr, or resume "
+                f"from an earlier checkpoint)"
+            )
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -484,7 +537,9 @@ class SEOTrainer:
         was_training = engine.training
         engine.eval()
         total, count = 0.0, 0.0
-        for batch in validation_batches(self.val_blocks, t.micro_batch_size, info.rank, info.world_size, t.eval_batches):
+        for batch in validation_batches(
+            self.val_blocks, t.micro_batch_size, info.rank, info.world_size, t.eval_batches
+        ):
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             total += engine(**batch).loss.float().item()
             count += 1
@@ -496,4 +551,3 @@ class SEOTrainer:
     def _log(self, metrics: dict[str, float], result: TrainResult) -> None:
         result.history.append({"step": self.step, **metrics})
         self.tracker.log_metrics(metrics, step=self.step, epoch=self.loader.epoch)
-

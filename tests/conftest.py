@@ -23,9 +23,18 @@ PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 
 # Small and fast: enough steps for the loss to fall clearly, few validation batches.
-FAST = ["train.max_steps=16", "train.lr=3e-3", "train.log_interval=4", "train.eval_interval=8", "train.eval_batches=4",
-        "train.warmup_steps=2", "train.progress_bar=false", "model.config.n_layer=2", "model.config.n_embd=64",
-        "model.config.n_head=2"]
+FAST = [
+    "train.max_steps=16",
+    "train.lr=3e-3",
+    "train.log_interval=4",
+    "train.eval_interval=8",
+    "train.eval_batches=4",
+    "train.warmup_steps=2",
+    "train.progress_bar=false",
+    "model.config.n_layer=2",
+    "model.config.n_embd=64",
+    "model.config.n_head=2",
+]
 
 FINAL_LINE = re.compile(r"seo_dist: (\w+) at step (\d+); val/loss ([\d.]+) -> ([\d.]+)")
 
@@ -38,8 +47,16 @@ def free_port() -> int:
 
 def job_env(cache_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"SEO_DIST_CACHE": str(cache_dir), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-                "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "SEO_DIST_CACHE": str(cache_dir),
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -66,16 +83,40 @@ def launcher_cmd(launcher: str, nproc: int) -> list[str]:
     if launcher == "python":
         return [PYTHON, "-m", "seo_dist.train"]
     if launcher == "torchrun":
-        return [str(BIN / "torchrun"), "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
-                "-m", "seo_dist.train"]
+        return [
+            str(BIN / "torchrun"),
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "seo_dist.train",
+        ]
     if launcher == "deepspeed":
-        return [str(BIN / "deepspeed"), "--num_accelerators", str(nproc), "--master_port", str(free_port()),
-                "--module", "seo_dist.train"]
+        return [
+            str(BIN / "deepspeed"),
+            "--num_accelerators",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "seo_dist.train",
+        ]
     raise ValueError(launcher)
 
 
-def run_job(tmp: Path, cache: Path, *, launcher: str = "torchrun", nproc: int = 2, config: str = "tiny_cpu.yaml",
-            overrides: list[str] = (), extra: list[str] = (), timeout: float = 300, name: str | None = None) -> JobRun:
+def run_job(
+    tmp: Path,
+    cache: Path,
+    *,
+    launcher: str = "torchrun",
+    nproc: int = 2,
+    config: str = "tiny_cpu.yaml",
+    overrides: list[str] = (),
+    extra: list[str] = (),
+    timeout: float = 300,
+    name: str | None = None,
+) -> JobRun:
     """Run one training job in a subprocess; experiments go under ``tmp/experiments``."""
     base = tmp / "experiments"
     sets = [f"experiment.base_dir={base}", *overrides]

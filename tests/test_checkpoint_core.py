@@ -681,5 +681,7 @@ def test_a_rank_dying_after_handing_in_its_files_is_not_reported_as_a_failed_com
     assert outcome["path"] == str(root / checkpoint_name(5))
     assert verify_checkpoint(root / checkpoint_name(5)).ok
     assert not (tmp_path / "r1.json").exists()  # rank 1 really died at that point
-    record("A rank dies after handing in its files, before the commit's verdict",
-           "rank 0 reports the checkpoint committed (PeersLostAfterCommit), not failed; it verifies")
+    record(
+        "A rank dies after handing in its files, before the commit's verdict",
+        "rank 0 reports the checkpoint committed (PeersLostAfterCommit), not failed; it verifies",
+    )

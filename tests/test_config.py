@@ -31,8 +31,15 @@ def test_every_shipped_deepspeed_json_is_valid(path):
 
 
 def test_overrides_reach_into_deepspeed_and_parse_yaml_scalars():
-    job = load_config(CONFIGS / "tiny_cpu.yaml", ["deepspeed.zero_optimization.stage=3", "train.lr=3e-4",
-                                                   "checkpoint.async_save=false", "model.config.n_layer=3"])
+    job = load_config(
+        CONFIGS / "tiny_cpu.yaml",
+        [
+            "deepspeed.zero_optimization.stage=3",
+            "train.lr=3e-4",
+            "checkpoint.async_save=false",
+            "model.config.n_layer=3",
+        ],
+    )
     assert zero_stage(job) == 3
     assert job.train.lr == pytest.approx(3e-4)
     assert job.checkpoint.async_save is False
@@ -42,7 +49,11 @@ def test_overrides_reach_into_deepspeed_and_parse_yaml_scalars():
 def test_batch_sizes_are_derived_and_mismatch_is_an_error():
     job = build_config({"train": {"micro_batch_size": 4, "grad_accum": 2}})
     ds = resolve_deepspeed(job, world_size=2)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2, 16)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (
+        4,
+        2,
+        16,
+    )
     bad = build_config({"train": {"micro_batch_size": 4}, "deepspeed": {"train_batch_size": 12}})
     with pytest.raises(ConfigError, match="train_batch_size=12 does not match"):
         resolve_deepspeed(bad, world_size=2)
@@ -50,7 +61,10 @@ def test_batch_sizes_are_derived_and_mismatch_is_an_error():
 
 def test_config_hash_ignores_identity_and_tracks_results():
     base = build_config({})
-    assert base.config_hash() == build_config({"experiment": {"experiment_id": "x", "base_dir": "/elsewhere"}}).config_hash()
+    assert (
+        base.config_hash()
+        == build_config({"experiment": {"experiment_id": "x", "base_dir": "/elsewhere"}}).config_hash()
+    )
     for override in ("train.lr=0.1", "train.seed=7", "deepspeed.zero_optimization.stage=3", "model.config.n_layer=3"):
         assert build_config({}, [override]).config_hash() != base.config_hash(), override
 
@@ -59,8 +73,14 @@ BAD_INPUTS = {
     "unknown section": (["--set", "trian.lr=1"], "unknown config key 'trian'"),
     "unknown key": (["--set", "train.lrr=1"], "did you mean 'train.lr'"),
     "typo in model config": (["--set", "model.config.n_layr=2"], "did you mean 'model.config.n_layer'"),
-    "typo in deepspeed section": (["--set", "deepspeed.zero_optimisation.stage=1"], "did you mean 'deepspeed.zero_optimization'"),
-    "typo inside zero_optimization": (["--set", "deepspeed.zero_optimization.stgae=1"], "deepspeed.zero_optimization.stgae"),
+    "typo in deepspeed section": (
+        ["--set", "deepspeed.zero_optimisation.stage=1"],
+        "did you mean 'deepspeed.zero_optimization'",
+    ),
+    "typo inside zero_optimization": (
+        ["--set", "deepspeed.zero_optimization.stgae=1"],
+        "deepspeed.zero_optimization.stgae",
+    ),
     "wrong type": (["--set", "train.max_steps=many"], "train.max_steps: expected int"),
     "zero stage 7": (["--set", "deepspeed.zero_optimization.stage=7"], "stage must be 0, 1, 2 or 3, got 7"),
     "negative size": (["--set", "train.micro_batch_size=-4"], "train.micro_batch_size must be >= 1"),
@@ -77,8 +97,11 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(name, tmp_path, capsys
     args, expected = BAD_INPUTS[name]
     monkeypatch.chdir(tmp_path)
     base = tmp_path / "experiments"
-    rc = train_main(["--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", f"experiment.base_dir={base}", *args[1:]]
-                    if args[0] == "--set" else ["--config", str(CONFIGS / "tiny_cpu.yaml"), *args])
+    rc = train_main(
+        ["--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", f"experiment.base_dir={base}", *args[1:]]
+        if args[0] == "--set"
+        else ["--config", str(CONFIGS / "tiny_cpu.yaml"), *args]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert expected in err, err
@@ -102,13 +125,27 @@ def test_missing_and_unparsable_config_files(tmp_path, capsys):
 
 def test_cli_subprocess_reports_one_line_without_traceback(tmp_path, cache_dir):
     """The real console script, in a fresh process: exit 2, one line on stderr, nothing created."""
-    proc = subprocess.run([str(REPO / ".venv/bin/seo-dist") if (REPO / ".venv/bin/seo-dist").exists() else "seo-dist",
-                           "train", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", "train.lrr=1"],
-                          cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(REPO / ".venv/bin/seo-dist") if (REPO / ".venv/bin/seo-dist").exists() else "seo-dist",
+            "train",
+            "--config",
+            str(CONFIGS / "tiny_cpu.yaml"),
+            "--set",
+            "train.lrr=1",
+        ],
+        cwd=tmp_path,
+        env=job_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "WARNING" not in ln and "warn" not in ln.lower()]
-    assert lines == ["seo-dist train: error: unknown config key 'train.lrr' (did you mean 'train.lr'?) (in "
-                     f"{CONFIGS / 'tiny_cpu.yaml'})"], proc.stderr
+    assert lines == [
+        "seo-dist train: error: unknown config key 'train.lrr' (did you mean 'train.lr'?) (in "
+        f"{CONFIGS / 'tiny_cpu.yaml'})"
+    ], proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -125,8 +162,14 @@ def test_yaml_reference_in_readme_names_every_key():
 
 def test_python_module_entry_accepts_local_rank_argument(tmp_path, cache_dir):
     """The deepspeed launcher appends --local_rank=N; it must not be an 'unrecognized argument'."""
-    proc = subprocess.run([PYTHON, "-m", "seo_dist.train", "--local_rank=0", "--config", str(tmp_path / "x.yaml")],
-                          cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "seo_dist.train", "--local_rank=0", "--config", str(tmp_path / "x.yaml")],
+        cwd=tmp_path,
+        env=job_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "x.yaml' does not exist" in proc.stderr
     assert "unrecognized" not in proc.stderr

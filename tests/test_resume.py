@@ -10,10 +10,21 @@ import pytest
 import yaml
 from conftest import BIN, CONFIGS, free_port, job_env, read_jsonl, run_job
 
-RESUME_RUN = ["train.max_steps=12", "train.log_interval=1", "train.eval_interval=6", "train.eval_batches=2",
-              "train.warmup_steps=2", "train.progress_bar=false", "checkpoint.save_interval=6",
-              "model.config.n_layer=2", "model.config.n_embd=64", "model.config.n_head=2",
-              "experiment.console=false", "experiment.code_snapshot=false", "experiment.wandb=disabled"]
+RESUME_RUN = [
+    "train.max_steps=12",
+    "train.log_interval=1",
+    "train.eval_interval=6",
+    "train.eval_batches=2",
+    "train.warmup_steps=2",
+    "train.progress_bar=false",
+    "checkpoint.save_interval=6",
+    "model.config.n_layer=2",
+    "model.config.n_embd=64",
+    "model.config.n_head=2",
+    "experiment.console=false",
+    "experiment.code_snapshot=false",
+    "experiment.wandb=disabled",
+]
 
 
 def losses(exp_dir, key: str = "train/loss") -> dict[int, float]:
@@ -23,14 +34,31 @@ def losses(exp_dir, key: str = "train/loss") -> dict[int, float]:
 def resume(checkpoint, tmp_path, cache_dir, *overrides: str) -> subprocess.CompletedProcess:
     sets = [arg for o in overrides for arg in ("--set", o)]
     return subprocess.run(
-        [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port()),
-         "-m", "seo_dist.train", "--resume", str(checkpoint), *sets],
-        cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=300)
+        [
+            str(BIN / "torchrun"),
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "seo_dist.train",
+            "--resume",
+            str(checkpoint),
+            *sets,
+        ],
+        cwd=tmp_path,
+        env=job_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_resume_matches_uninterrupted_run(stage, tmp_path, cache_dir):
-    full = run_job(tmp_path, cache_dir, name="full", overrides=[*RESUME_RUN, f"deepspeed.zero_optimization.stage={stage}"])
+    full = run_job(
+        tmp_path, cache_dir, name="full", overrides=[*RESUME_RUN, f"deepspeed.zero_optimization.stage={stage}"]
+    )
     assert full.proc.returncode == 0, full.output[-5000:]
     full_dir = full.base_dir / "full"
     reference = losses(full_dir)

@@ -72,7 +72,11 @@ def test_metadata_lists_both_ranks_and_the_world(dist_runs: dict) -> None:
     assert [r["rank"] for r in meta["system"]["ranks"]] == [0, 1]
     assert len({r["pid"] for r in meta["system"]["ranks"]}) == 2
     assert meta["system"]["hosts"][0]["ranks"] == [0, 1]
-    assert {k: meta["world"][k] for k in ("size", "nodes", "launcher")} == {"size": 2, "nodes": 1, "launcher": "torchrun"}
+    assert {k: meta["world"][k] for k in ("size", "nodes", "launcher")} == {
+        "size": 2,
+        "nodes": 1,
+        "launcher": "torchrun",
+    }
     assert meta["world"]["launch_id"]  # lets torchrun-restarted workers find this experiment
     assert meta["config"]["hparams"] == {"lr": 1e-3, "seed": 1} and len(meta["config_hash"]) == 64
 

@@ -26,8 +26,14 @@ def default_run(tmp_path_factory, cache_dir) -> JobRun:
 
 def _single_rank_run(tmp_path_factory, cache_dir, stage: int) -> JobRun:
     tmp = tmp_path_factory.mktemp(f"one_rank_z{stage}")
-    run = run_job(tmp, cache_dir, launcher="python", nproc=1, name=f"z{stage}",
-                  overrides=[*FAST, f"deepspeed.zero_optimization.stage={stage}"])
+    run = run_job(
+        tmp,
+        cache_dir,
+        launcher="python",
+        nproc=1,
+        name=f"z{stage}",
+        overrides=[*FAST, f"deepspeed.zero_optimization.stage={stage}"],
+    )
     assert run.proc.returncode == 0, run.output[-6000:]
     return run
 
@@ -41,8 +47,14 @@ def one_rank_run(request, tmp_path_factory, cache_dir) -> JobRun:
 def deepspeed_launcher_run(tmp_path_factory, cache_dir) -> JobRun:
     """2 ranks, ZeRO-3, started by the deepspeed launcher (which appends --local_rank=N)."""
     tmp = tmp_path_factory.mktemp("ds_launcher")
-    run = run_job(tmp, cache_dir, launcher="deepspeed", nproc=2, name="dslaunch",
-                  overrides=[*FAST, "deepspeed.zero_optimization.stage=3"])
+    run = run_job(
+        tmp,
+        cache_dir,
+        launcher="deepspeed",
+        nproc=2,
+        name="dslaunch",
+        overrides=[*FAST, "deepspeed.zero_optimization.stage=3"],
+    )
     assert run.proc.returncode == 0, run.output[-6000:]
     return run
 
@@ -53,13 +65,33 @@ def two_node_run(tmp_path_factory, cache_dir) -> JobRun:
     tmp = tmp_path_factory.mktemp("two_nodes")
     base = tmp / "experiments"
     endpoint = f"127.0.0.1:{free_port()}"
-    cmd = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", endpoint, "--rdzv-id", "seo_dist_test", "-m", "seo_dist.train",
-           "--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", f"experiment.base_dir={base}",
-           "experiment.experiment_id=nodes", *FAST, "deepspeed.zero_optimization.stage=1"]
+    cmd = [
+        str(BIN / "torchrun"),
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        "seo_dist_test",
+        "-m",
+        "seo_dist.train",
+        "--config",
+        str(CONFIGS / "tiny_cpu.yaml"),
+        "--set",
+        f"experiment.base_dir={base}",
+        "experiment.experiment_id=nodes",
+        *FAST,
+        "deepspeed.zero_optimization.stage=1",
+    ]
     env = job_env(cache_dir)
-    nodes = [subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    nodes = [
+        subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in nodes]
     for p, (out, err) in zip(nodes, outs):
         assert p.returncode == 0, (out + err)[-6000:]
@@ -103,8 +135,14 @@ def test_one_rank_metrics_are_logged(one_rank_run):
 
 
 def test_python_entry_unknown_flag_is_usage_error(tmp_path, cache_dir):
-    proc = subprocess.run([PYTHON, "-m", "seo_dist.train", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--bogus"],
-                          cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "seo_dist.train", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--bogus"],
+        cwd=tmp_path,
+        env=job_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
 
 

@@ -4,5 +4,14 @@ from seo_dist.data.corpus import Corpus, format_prompt, format_record, load_corp
 from seo_dist.data.loader import ShardedLoader, pack_blocks, validation_batches
 from seo_dist.data.tokenizer import get_tokenizer
 
-__all__ = ["Corpus", "ShardedLoader", "format_prompt", "format_record", "get_tokenizer", "load_corpus",
-           "pack_blocks", "split_records", "validation_batches"]
+__all__ = [
+    "Corpus",
+    "ShardedLoader",
+    "format_prompt",
+    "format_record",
+    "get_tokenizer",
+    "load_corpus",
+    "pack_blocks",
+    "split_records",
+    "validation_batches",
+]

@@ -32,8 +32,9 @@ class ShardedLoader:
     ``state_dict()``/``load_state_dict()`` make the stream resume exactly where it stopped.
     """
 
-    def __init__(self, blocks: torch.Tensor, micro_batch_size: int, rank: int, world_size: int, seed: int,
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self, blocks: torch.Tensor, micro_batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True
+    ) -> None:
         per_rank = blocks.shape[0] // world_size
         self.batches_per_epoch = per_rank // micro_batch_size
         if self.batches_per_epoch < 1:

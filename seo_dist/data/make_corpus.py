@@ -18,10 +18,42 @@ from pathlib import Path
 
 CORPUS_PATH = Path(__file__).with_name("corpus") / "seo_corpus.jsonl.gz"
 
-BRANDS = ["Northwind", "Bluepeak", "Evergreen", "Solace", "Brightline", "Oakridge", "Lumen", "Harbor & Co",
-          "Trailhead", "Copperleaf", "Nimbus", "Silverfern", "Redwood", "Kinfolk", "Atlas", "Meadowlark"]
-CITIES = ["Austin", "Denver", "Portland", "Chicago", "Seattle", "Boston", "Atlanta", "Phoenix", "Nashville",
-          "San Diego", "Minneapolis", "Raleigh", "Tampa", "Salt Lake City", "Pittsburgh", "Sacramento"]
+BRANDS = [
+    "Northwind",
+    "Bluepeak",
+    "Evergreen",
+    "Solace",
+    "Brightline",
+    "Oakridge",
+    "Lumen",
+    "Harbor & Co",
+    "Trailhead",
+    "Copperleaf",
+    "Nimbus",
+    "Silverfern",
+    "Redwood",
+    "Kinfolk",
+    "Atlas",
+    "Meadowlark",
+]
+CITIES = [
+    "Austin",
+    "Denver",
+    "Portland",
+    "Chicago",
+    "Seattle",
+    "Boston",
+    "Atlanta",
+    "Phoenix",
+    "Nashville",
+    "San Diego",
+    "Minneapolis",
+    "Raleigh",
+    "Tampa",
+    "Salt Lake City",
+    "Pittsburgh",
+    "Sacramento",
+]
 PRODUCTS = {
     "running shoes": ["lightweight", "cushioned", "trail", "waterproof", "wide-fit"],
     "espresso machine": ["compact", "dual-boiler", "manual", "automatic", "stainless steel"],
@@ -72,12 +104,40 @@ RECIPES = {
     "lemon pasta": ["parmesan", "garlic", "15 minutes", "weeknight"],
     "overnight oats": ["chia seeds", "meal prep", "no cook", "berries"],
 }
-AUDIENCES = ["beginners", "busy parents", "small businesses", "runners", "students", "remote teams",
-             "homeowners", "first-time buyers", "pet owners", "travelers"]
-CTAS = ["Shop now", "Order today", "Book a free consultation", "Read the full guide", "Start your free trial",
-        "Get the recipe", "Call today", "Compare plans", "Learn more", "See today's deals"]
-BENEFITS = ["free shipping", "a 30-day return policy", "a lifetime warranty", "same-day service",
-            "licensed and insured experts", "5-star reviews", "transparent pricing", "24/7 support"]
+AUDIENCES = [
+    "beginners",
+    "busy parents",
+    "small businesses",
+    "runners",
+    "students",
+    "remote teams",
+    "homeowners",
+    "first-time buyers",
+    "pet owners",
+    "travelers",
+]
+CTAS = [
+    "Shop now",
+    "Order today",
+    "Book a free consultation",
+    "Read the full guide",
+    "Start your free trial",
+    "Get the recipe",
+    "Call today",
+    "Compare plans",
+    "Learn more",
+    "See today's deals",
+]
+BENEFITS = [
+    "free shipping",
+    "a 30-day return policy",
+    "a lifetime warranty",
+    "same-day service",
+    "licensed and insured experts",
+    "5-star reviews",
+    "transparent pricing",
+    "24/7 support",
+]
 
 
 def _cap(s: str) -> str:
@@ -91,10 +151,13 @@ def product_page(r: random.Random) -> dict:
     audience = r.choice(AUDIENCES)
     title = f"{brand} {_cap(adj)} {_cap(product)} | {brand}"
     keywords = [f"{adj} {product}", f"best {product}", f"{product} for {audience}", brand.lower()]
-    summary = (f"Product page for the {brand} {adj} {product}. Designed for {audience}, it comes with {benefit}. "
-               f"The page lists sizes, materials, customer reviews and a comparison with other {product}s.")
-    meta = (f"Discover the {brand} {adj} {product}, built for {audience}. Enjoy {benefit} and real customer "
-            f"reviews. {cta}.")
+    summary = (
+        f"Product page for the {brand} {adj} {product}. Designed for {audience}, it comes with {benefit}. "
+        f"The page lists sizes, materials, customer reviews and a comparison with other {product}s."
+    )
+    meta = (
+        f"Discover the {brand} {adj} {product}, built for {audience}. Enjoy {benefit} and real customer reviews. {cta}."
+    )
     return {"page_type": "product", "title": title, "keywords": keywords, "summary": summary, "meta_description": meta}
 
 
@@ -105,12 +168,21 @@ def local_service_page(r: random.Random) -> dict:
     years = r.randint(3, 40)
     title = f"{_cap(service)} in {city} | {brand} {_cap(service.split()[-1])}s"
     keywords = [f"{service} {city}", f"{service} near me", a, b]
-    summary = (f"Local {service} in {city} with {years} years of experience. Services include {a} and {b}. "
-               f"The page has service areas, pricing, {benefit} and a booking form.")
-    meta = (f"Looking for a trusted {service} in {city}? {brand} offers {a} and {b} with {benefit}. "
-            f"{r.choice(['Call today', 'Book online', 'Get a free quote'])}.")
-    return {"page_type": "local_service", "title": title, "keywords": keywords, "summary": summary,
-            "meta_description": meta}
+    summary = (
+        f"Local {service} in {city} with {years} years of experience. Services include {a} and {b}. "
+        f"The page has service areas, pricing, {benefit} and a booking form."
+    )
+    meta = (
+        f"Looking for a trusted {service} in {city}? {brand} offers {a} and {b} with {benefit}. "
+        f"{r.choice(['Call today', 'Book online', 'Get a free quote'])}."
+    )
+    return {
+        "page_type": "local_service",
+        "title": title,
+        "keywords": keywords,
+        "summary": summary,
+        "meta_description": meta,
+    }
 
 
 def blog_page(r: random.Random) -> dict:
@@ -133,8 +205,10 @@ def blog_page(r: random.Random) -> dict:
         title = f"{_cap(topic)} Checklist: {n} Steps for {_cap(audience)}"
         meta = f"Use this {n}-step {topic} checklist covering {a}, {b} and {c}. Free printable included."
     keywords = [topic, f"{topic} {kind}", a, b]
-    summary = (f"A {kind} article about {topic} written for {audience}. Sections cover {a}, {b} and {c}, "
-               f"with examples, a summary table and answers to frequent questions.")
+    summary = (
+        f"A {kind} article about {topic} written for {audience}. Sections cover {a}, {b} and {c}, "
+        f"with examples, a summary table and answers to frequent questions."
+    )
     return {"page_type": "blog", "title": title, "keywords": keywords, "summary": summary, "meta_description": meta}
 
 
@@ -145,12 +219,12 @@ def software_page(r: random.Random) -> dict:
     trial = r.choice([7, 14, 30])
     title = f"{brand} - {_cap(software)} for {_cap(audience)}"
     keywords = [software, f"{software} for {audience}", a, f"{brand.lower()} {software.split()[0].lower()}"]
-    summary = (f"Landing page for {brand}, a {software} for {audience}. Highlights {a} and {b}, "
-               f"pricing tiers, integrations and a {trial}-day free trial.")
-    meta = (f"{brand} is the {software} {audience} love, with {a} and {b} built in. "
-            f"Try it free for {trial} days.")
-    return {"page_type": "software", "title": title, "keywords": keywords, "summary": summary,
-            "meta_description": meta}
+    summary = (
+        f"Landing page for {brand}, a {software} for {audience}. Highlights {a} and {b}, "
+        f"pricing tiers, integrations and a {trial}-day free trial."
+    )
+    meta = f"{brand} is the {software} {audience} love, with {a} and {b} built in. Try it free for {trial} days."
+    return {"page_type": "software", "title": title, "keywords": keywords, "summary": summary, "meta_description": meta}
 
 
 def recipe_page(r: random.Random) -> dict:
@@ -160,8 +234,10 @@ def recipe_page(r: random.Random) -> dict:
     serves = r.choice([2, 4, 6, 8])
     title = f"Easy {_cap(dish)} Recipe ({a.title()}, {mins} Minutes)"
     keywords = [f"{dish} recipe", f"easy {dish}", a, b]
-    summary = (f"Recipe page for {dish} with {a} and {b}. Ready in {mins} minutes, serves {serves}. "
-               f"Includes ingredients, step-by-step photos and nutrition facts.")
+    summary = (
+        f"Recipe page for {dish} with {a} and {b}. Ready in {mins} minutes, serves {serves}. "
+        f"Includes ingredients, step-by-step photos and nutrition facts."
+    )
     meta = f"Make this easy {dish} with {a} and {b} in just {mins} minutes. Serves {serves}. Get the recipe."
     return {"page_type": "recipe", "title": title, "keywords": keywords, "summary": summary, "meta_description": meta}
 
@@ -173,11 +249,12 @@ def category_page(r: random.Random) -> dict:
     a, b = r.sample(adjs, 2)
     title = f"Shop {_cap(product)}s: {_cap(a)}, {_cap(b)} & More | {brand}"
     keywords = [f"{product}s", f"{a} {product}", f"{b} {product}", f"buy {product} online"]
-    summary = (f"Category page listing {count} {product}s from {brand}, with filters for {a} and {b} models, "
-               f"price sorting, and {benefit}.")
+    summary = (
+        f"Category page listing {count} {product}s from {brand}, with filters for {a} and {b} models, "
+        f"price sorting, and {benefit}."
+    )
     meta = f"Browse {count}+ {product}s at {brand}, from {a} to {b} styles. {_cap(benefit)}. Shop now."
-    return {"page_type": "category", "title": title, "keywords": keywords, "summary": summary,
-            "meta_description": meta}
+    return {"page_type": "category", "title": title, "keywords": keywords, "summary": summary, "meta_description": meta}
 
 
 PAGE_BUILDERS = [product_page, local_service_page, blog_page, software_page, recipe_page, category_page]

@@ -35,8 +35,9 @@ def train_tokenizer(corpus: Corpus, vocab_size: int) -> PreTrainedTokenizerFast:
         special_tokens=SPECIAL_TOKENS,
         show_progress=False,
     )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
-                                  unk_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN, pad_token=PAD_TOKEN
+    )
     tok.model_max_length = 1_000_000
     return tok
 

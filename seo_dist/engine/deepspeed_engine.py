@@ -64,7 +64,9 @@ def apply_configured_lr(scheduler: Any, train: TrainConfig) -> float | None:
 
 def check_precision(ds: dict[str, Any], device: torch.device) -> None:
     if ds.get("fp16", {}).get("enabled") and device.type == "cpu":
-        raise ConfigError("deepspeed.fp16.enabled is not supported on the CPU; use bf16 (deepspeed.bf16.enabled=true) or fp32")
+        raise ConfigError(
+            "deepspeed.fp16.enabled is not supported on the CPU; use bf16 (deepspeed.bf16.enabled=true) or fp32"
+        )
 
 
 def build_deepspeed_engine(model: torch.nn.Module, train: TrainConfig, ds_config: dict[str, Any]) -> tuple[Any, Any]:
