@@ -210,8 +210,6 @@ class SEOTrainer:
         """A resume with another ``train.lr`` uses it (from the resumed step on, same schedule shape)."""
         from seo_dist.engine.deepspeed_engine import apply_configured_lr
 
-        if "scheduler" in self.ds_config:
-            return
         saved = apply_configured_lr(self.lr_scheduler, self.job.train)
         if saved is not None:
             message = f"train.lr changed since the checkpoint: peak LR {saved:g} -> {self.job.train.lr:g} from step {self.step}"

@@ -175,7 +175,7 @@ def requirements_text() -> str:
     """``pip freeze``-like listing of the installed distributions, read with importlib.metadata (no subprocess)."""
     lines: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
+        name = dist.metadata.get("Name")  # type: ignore[attr-defined]  # [] raises KeyError on Python 3.14+
         if not name or name.lower() in lines:
             continue
         line = f"{name}=={dist.version}"
