@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,17 @@ def test_missing_experiment_directory_on_resume_is_one_line_exit_2(tmp_path, mon
     record("Missing experiment directory (--resume)", "one line, exit 2")
 
 
+def _tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """Mount a tmpfs with ``options`` on ``path`` for a fixture's lifetime; skip the test where mounting fails."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A read-only folder that stops root too: a read-only tmpfs mount when root may mount, else chmod 0o555."""
@@ -226,13 +238,7 @@ def read_only_dir(tmp_path):
         yield path
         path.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"root cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], capture_output=True)
+    yield from _tmpfs(path, "ro,size=1m")
 
 
 def test_read_only_base_dir_is_one_line_exit_2(read_only_dir, monkeypatch, capsys, cache_dir):
@@ -253,13 +259,7 @@ def small_tmpfs(tmp_path):
     path.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    yield from _tmpfs(path, "size=24m")
 
 
 @pytest.mark.chaos
