@@ -56,11 +56,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _resumable(exp_dir: Path) -> bool:
+    """An experiment directory a run can continue: it has its metadata or a checkpoints folder."""
+    return (exp_dir / "metadata.json").is_file() or (exp_dir / "checkpoints").is_dir()
+
+
 def resume_experiment_dir(resume: Path) -> Path:
     """The experiment directory that ``--resume`` names: the directory itself, or the one holding a checkpoint folder."""
     if not resume.exists():
         raise UserError(f"--resume {str(resume)!r} does not exist; give an experiment directory or a checkpoint folder")
-    if (resume / "metadata.json").is_file() or (resume / "checkpoints").is_dir():
+    if _resumable(resume):
         return resume
     if resume.parent.name == "checkpoints":
         return resume.parent.parent
@@ -286,8 +291,7 @@ class SEOTrainer:
         base = Path(exp.base_dir).expanduser()
         if exp.experiment_id is not None:
             candidate = base / exp.experiment_id
-            usable = (candidate / "metadata.json").is_file() or (candidate / "checkpoints").is_dir()
-            return str(candidate.absolute()) if usable else None
+            return str(candidate.absolute()) if _resumable(candidate) else None
         me = dist.launch_id()
         if me is None or not base.is_dir():
             return None
