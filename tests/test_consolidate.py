@@ -234,6 +234,15 @@ def test_latest_and_best_of_an_experiment(runs: Path, tmp_path: Path) -> None:
     assert not torch.equal(weights["transformer.wte.weight"], live(runs, "z2")["params"]["transformer.wte.weight"])
 
 
+def test_latest_is_what_a_resume_would_load(runs: Path, tmp_path: Path) -> None:
+    """A job killed between committing a folder and rewriting ``latest``: the export takes the newer commit,
+    as loading does, not the folder ``latest`` still names."""
+    exp = tmp_path / "z2"
+    shutil.copytree(runs / "z2", exp)
+    (exp / "checkpoints" / "latest").write_text("step_00000001")
+    assert consolidate.consolidate(exp, tmp_path / "out").checkpoint.name == TAG
+
+
 def _copy_experiment(runs: Path, name: str, dest: Path) -> Path:
     shutil.copytree(runs / name, dest / name)
     return dest / name / "checkpoints" / TAG

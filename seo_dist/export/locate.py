@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from seo_dist.checkpoint.index import read_index, read_latest, scan_checkpoints
+from seo_dist.checkpoint.index import newest_commit, read_index, read_latest, scan_checkpoints
 from seo_dist.checkpoint.layout import MANIFEST, resolve_checkpoints_root
 from seo_dist.checkpoint.retention import best_checkpoint
 from seo_dist.errors import UserError
@@ -65,10 +65,13 @@ def _best(root: Path) -> Path:
 
 
 def _latest(root: Path) -> Path:
+    """What a resume would load: ``latest``, or a committed folder created after it (see ``newest_commit``)."""
     name = read_latest(root)
-    if name is not None and (root / name).is_dir():
-        return root / name
     scan = scan_checkpoints(root)
+    if name is not None and scan.by_name(name) is not None:
+        return root / str(newest_commit(scan, name))
+    if name is not None and (root / name).is_dir():
+        return root / name  # not committed: verification names what is wrong with it
     if scan.committed:
         return root / scan.committed[-1].name
     if scan.broken:
