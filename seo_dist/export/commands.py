@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from seo_dist.checkpoint.verify import VERIFY_MODES  # light: no torch
+
 OUTPUT_DTYPE_CHOICES = ("fp32", "bf16", "fp16")
-VERIFY_CHOICES = ("full", "quick", "off")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--verify",
-        choices=VERIFY_CHOICES,
+        choices=VERIFY_MODES,
         default="full",
         help="check the input against its manifest (hashes: full, the default; sizes: quick; off); "
         "nothing is published under --out unless the check passes",

@@ -108,9 +108,8 @@ def _located(folder: Path, error: CorruptCheckpointError) -> CorruptCheckpointEr
 
 
 def verify_input(folder: Path, mode: str) -> tuple[Manifest | None, list[str]]:
-    """The checkpoint's manifest once its files check out, and warnings about harmless extras."""
-    if mode not in VERIFY_MODES:
-        raise UserError(f"verify mode {mode!r} not supported; choose one of {', '.join(VERIFY_MODES)}")
+    """The checkpoint's manifest once its files check out, and warnings about harmless extras (``mode`` was
+    checked by :func:`consolidate`)."""
     if mode == "off":
         try:
             return read_manifest(folder), []
