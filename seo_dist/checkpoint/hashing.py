@@ -125,12 +125,8 @@ def write_torch_file(obj: Any, folder: Path, relpath: str, algorithm: str) -> Fi
     """``torch.save(obj)`` into ``folder/relpath`` through a :class:`HashingWriter`; fsynced."""
     import torch
 
-    writer = HashingWriter(folder / relpath, relpath, algorithm)
-    try:
+    with HashingWriter(folder / relpath, relpath, algorithm) as writer:  # removed again if the save fails
         torch.save(obj, writer)  # type: ignore[arg-type]  # a file-like object: write/flush/tell
-    except BaseException:
-        writer.abort()
-        raise
     return writer.close()
 
 

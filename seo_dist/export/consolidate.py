@@ -169,12 +169,8 @@ def _check_destination(out: Path, checkpoint: Path) -> None:
 
 
 def _write_bytes(folder: Path, name: str, data: bytes, algorithm: str) -> FileRecord:
-    writer = HashingWriter(folder / name, name, algorithm)
-    try:
+    with HashingWriter(folder / name, name, algorithm) as writer:
         writer.write(data)
-    except BaseException:
-        writer.abort()
-        raise
     return writer.close()
 
 
@@ -183,14 +179,9 @@ def _write_json(folder: Path, name: str, obj: Any, algorithm: str) -> FileRecord
 
 
 def _copy_file(src: Path, folder: Path, name: str, algorithm: str) -> FileRecord:
-    writer = HashingWriter(folder / name, name, algorithm)
-    try:
-        with open(src, "rb") as f:
-            while chunk := f.read(READ_CHUNK):
-                writer.write(chunk)
-    except BaseException:
-        writer.abort()
-        raise
+    with HashingWriter(folder / name, name, algorithm) as writer, open(src, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            writer.write(chunk)
     return writer.close()
 
 

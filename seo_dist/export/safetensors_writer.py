@@ -182,8 +182,7 @@ def write_shard(
     folder: Path, shard: Shard, reader: PieceReader, algorithm: str, metadata: dict[str, str]
 ) -> FileRecord:
     """Write one safetensors file into ``folder``, hashed while written and fsynced."""
-    writer = HashingWriter(folder / shard.filename, shard.filename, algorithm)
-    try:
+    with HashingWriter(folder / shard.filename, shard.filename, algorithm) as writer:
         writer.write(encode_header(shard.tensors, metadata))
         for t in shard.tensors:
             written = 0
@@ -191,7 +190,4 @@ def write_shard(
                 written += writer.write(chunk)
             if written != t.nbytes:
                 raise RuntimeError(f"{t.name}: wrote {written} bytes, expected {t.nbytes} (plan and pieces disagree)")
-    except BaseException:
-        writer.abort()
-        raise
     return writer.close()
