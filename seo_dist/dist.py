@@ -8,11 +8,8 @@ where world size 1 runs with no process group at all.
 from __future__ import annotations
 
 import datetime
-import functools
 import os
 import socket
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,10 +34,6 @@ class DistInfo:
     @property
     def is_rank_zero(self) -> bool:
         return self.rank == 0
-
-    @property
-    def num_nodes(self) -> int:
-        return max(1, self.world_size // max(1, self.local_world_size))
 
 
 def strip_local_rank_arg(argv: list[str]) -> list[str]:
@@ -231,21 +224,3 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 
 def hostname() -> str:
     return socket.gethostname()
-
-
-def rank_zero_only(fn: Callable[..., T]) -> Callable[..., T | None]:
-    """Run ``fn`` on global rank 0 only; other ranks get None."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T | None:
-        if is_rank_zero():
-            return fn(*args, **kwargs)
-        return None
-
-    return wrapper
-
-
-def print0(*args: Any, **kwargs: Any) -> None:
-    if is_rank_zero():
-        kwargs.setdefault("file", sys.stdout)
-        print(*args, **kwargs, flush=True)
