@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from seo_dist.checkpoint.layout import STAGING_SUFFIX
+from seo_dist.fileio import atomic_write
+from seo_dist.fileio import atomic_write_json as atomic_write_json
 
 
 def fsync_dir(path: Path) -> None:
@@ -25,23 +25,8 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to ``<name>.tmp``, fsync, rename over ``path``, fsync the folder: readers see old or new, never half."""
-    tmp = path.with_name(path.name + STAGING_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
+atomic_write_text = atomic_write
+"""Alias of :func:`seo_dist.fileio.atomic_write`, kept for compatibility."""
 
 
 def publish_folder(staging: Path, final: Path) -> None:

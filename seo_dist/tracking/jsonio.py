@@ -1,25 +1,19 @@
-"""Small JSON helpers shared by the tracking modules: atomic replace, tolerant JSONL reading, and the
-conversion of metric values to JSON (non-finite floats become ``null``; see :mod:`seo_dist.tracking.metrics`)."""
+"""Small JSON helpers shared by the tracking modules: tolerant JSONL reading, compact JSONL lines, and the
+conversion of values to JSON (non-finite floats become strings; see :mod:`seo_dist.tracking.metrics` for
+metric values, which become ``null``). Whole JSON files are replaced with :func:`seo_dist.fileio.atomic_write_json`."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from seo_dist.fileio import atomic_write_json
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON via a temporary file and ``os.replace``: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+write_json_atomic = atomic_write_json
+"""Alias of :func:`seo_dist.fileio.atomic_write_json`, kept for compatibility."""
 
 
 def read_json(path: Path) -> Any:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
+from seo_dist.fileio import atomic_write
 from seo_dist.tracking.jsonio import dumps_line, iter_jsonl
 from seo_dist.tracking.logger import ExperimentLogger
 
@@ -80,12 +81,7 @@ def truncate_metrics_file(path: Path, step: int) -> int:
     for row in iter_jsonl(path):
         if isinstance(row.get("step"), int) and row["step"] <= step:
             kept.append(dumps_line(row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, "".join(kept))
     return total - len(kept)
 
 
