@@ -294,7 +294,8 @@ class StepProfiler:
             total.add(sample)
 
     def summary(self) -> dict[str, Any]:
-        """Whole-run figures for the experiment's metadata (the brief's ``code_profiler``).
+        """Whole-run figures for the experiment's metadata: ``ExperimentTracker`` calls this on the profiler
+        it is given as ``code_profiler`` when the run ends and stores the result as ``profiling`` in ``metadata.json``.
 
         The same definitions as :meth:`collect`, over every step up to the last ``collect``
         (call it at the final step): ``mean_step_time_s``, ``tokens_per_s`` (global),

@@ -18,7 +18,7 @@ from seo_dist.errors import UserError
 from seo_dist.tracking.jsonio import iter_jsonl, read_json
 from seo_dist.tracking.layout import ExperimentLayout
 from seo_dist.tracking.lock import lock_state
-from seo_dist.tracking.metrics import RESERVED_NAMES
+from seo_dist.tracking.metric_rows import RESERVED_NAMES
 
 ABANDONED = "abandoned"
 """Shown for a run whose metadata says running but whose lock is gone or stale: it died without ending."""
