@@ -15,7 +15,7 @@ import torch
 from chaos_scorecard import record
 
 from seo_dist.checkpoint import commit as commit_module
-from seo_dist.checkpoint import manager as manager_module
+from seo_dist.checkpoint import root_keeper as root_keeper_module
 from seo_dist.checkpoint.errors import (
     CheckpointSaveError,
     DiskSpaceError,
@@ -27,7 +27,8 @@ from seo_dist.checkpoint.errors import (
 from seo_dist.checkpoint.hashing import ALGORITHMS, HashingWriter, hash_file, write_torch_file
 from seo_dist.checkpoint.index import read_index, read_latest
 from seo_dist.checkpoint.layout import INDEX, LATEST, MANIFEST, TORCH_STATE_FILE, checkpoint_name, rank_state_file
-from seo_dist.checkpoint.manager import AdvancedCheckpointManager, CheckpointManager, config_diff
+from seo_dist.checkpoint.loading import config_diff
+from seo_dist.checkpoint.manager import AdvancedCheckpointManager, CheckpointManager
 from seo_dist.checkpoint.manifest import Manifest, read_manifest
 from seo_dist.checkpoint.strategy import CheckpointStrategy
 from seo_dist.checkpoint.verify import verify_checkpoint
@@ -490,7 +491,7 @@ def test_low_disk_prunes_unprotected_checkpoints_first(saved, monkeypatch):
     events = Events()
     mgr = manager(root, events)
     size = mgr.list_checkpoints()[-1].total_bytes
-    monkeypatch.setattr(manager_module, "disk_free_bytes", lambda path: int(size * 1.1) - 1)  # one prune needed
+    monkeypatch.setattr(root_keeper_module, "disk_free_bytes", lambda path: int(size * 1.1) - 1)  # one prune needed
     mgr.save_checkpoint(model, opt, sched, 4, {"val/loss": 9.0})
     (pruned,) = events.named("checkpoint_pruned")
     assert pruned["reason"] == "disk_space" and pruned["steps"] == [1]  # 2 is the best, 3 was latest
@@ -501,7 +502,7 @@ def test_disk_too_full_fails_cleanly_before_writing(saved, monkeypatch):
     root, _, _, model, opt, sched = saved
     events = Events()
     mgr = manager(root, events, strategy=CheckpointStrategy(save_interval=1, max_checkpoints=3, pinned=[1]))
-    monkeypatch.setattr(manager_module, "disk_free_bytes", lambda path: 10)
+    monkeypatch.setattr(root_keeper_module, "disk_free_bytes", lambda path: 10)
     with pytest.raises(DiskSpaceError, match="not enough disk"):
         mgr.save_checkpoint(model, opt, sched, 4)
     assert events.named("checkpoint_disk_full")[0]["free_bytes"] == 10

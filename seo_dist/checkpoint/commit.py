@@ -60,7 +60,8 @@ class CommitResult:
     """Problems after the commit (latest/index/retention); the checkpoint itself is safe."""
 
 
-def describe_error(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """``"OSError: [Errno 28] No space left on device"``: the exception as one line, type first."""
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -70,7 +71,7 @@ def _portable(exc: Exception) -> Exception:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:  # noqa: BLE001
-        return CheckpointError(describe_error(exc))
+        return CheckpointError(error_line(exc))
 
 
 def run_on_rank_zero(fn: Callable[[], T], group: Any = None) -> T:
@@ -107,7 +108,7 @@ def prepare_staging(root: Path, step: int, *, group: Any = None, before: Callabl
             staging.mkdir()
             fsync_dir(root)
         except OSError as e:
-            raise CheckpointSaveError(f"cannot create {staging}: {describe_error(e)}") from e
+            raise CheckpointSaveError(f"cannot create {staging}: {error_line(e)}") from e
 
     run_on_rank_zero(on_rank_zero, group)
     return staging
@@ -141,14 +142,14 @@ def commit_checkpoint(
             publish_folder(staging, final)
         except Exception as e:
             shutil.rmtree(staging, ignore_errors=True)
-            raise CheckpointSaveError(f"checkpoint {final.name} not committed: {describe_error(e)}") from e
+            raise CheckpointSaveError(f"checkpoint {final.name} not committed: {error_line(e)}") from e
         published.append(final)
         warnings = []
         if after_commit is not None:
             try:
                 warnings = after_commit(final, manifest)
             except Exception as e:  # noqa: BLE001 - the checkpoint is committed; report, don't fail the save
-                warnings = [f"after commit: {describe_error(e)}"]
+                warnings = [f"after commit: {error_line(e)}"]
         return final, manifest, warnings
 
     try:
@@ -158,7 +159,7 @@ def commit_checkpoint(
             raise PeersLostAfterCommit(
                 published[0],
                 f"checkpoint {final.name} committed (it verifies), but the other ranks could not be told, "
-                f"a rank is probably gone: {describe_error(e)}",
+                f"a rank is probably gone: {error_line(e)}",
             ) from e
         raise
     return CommitResult(path=result[0], manifest=result[1], warnings=result[2])

@@ -20,11 +20,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to ``<name>.tmp``, fsync, rename over ``path``, fsync the folder: readers see old or new, never half."""
     tmp = path.with_name(path.name + STAGING_SUFFIX)
@@ -69,10 +64,6 @@ def disk_free_bytes(path: Path) -> int:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return shutil.disk_usage(probe).free
-
-
-def folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def remove_folder(path: Path) -> None:
