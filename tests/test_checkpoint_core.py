@@ -482,6 +482,62 @@ def test_deepspeed_checkpoint_into_a_plain_model_is_a_clear_error(saved):
         mgr.load_checkpoint("latest", *make_model())
 
 
+# ---------------------------------------------------------------------------- backend choice
+
+
+def _bare(cls):
+    """An instance of ``cls`` (a DeepSpeed engine class) without ``deepspeed.initialize``, which needs a process
+    group and a config: only what selection and the adapter install touch (nn.Module attributes) is set up."""
+    engine = cls.__new__(cls)
+    torch.nn.Module.__init__(engine)
+    return engine
+
+
+def test_deepspeed_engines_get_the_deepspeed_backend_and_plain_models_the_torch_one():
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.runtime.pipe.engine import PipelineEngine
+
+    from seo_dist.checkpoint.backend import select_backend
+    from seo_dist.checkpoint.deepspeed_backend import DeepSpeedBackend, HashingCheckpointEngine
+    from seo_dist.checkpoint.torch_backend import TorchModuleBackend
+
+    for cls in (DeepSpeedEngine, PipelineEngine):
+        engine = _bare(cls)
+        backend = select_backend(engine, hash_algorithm="sha256")
+        assert isinstance(backend, DeepSpeedBackend) and backend.engine is engine
+        assert isinstance(engine.checkpoint_engine, HashingCheckpointEngine)  # DeepSpeed now writes through us
+
+    model, opt, sched = make_model()
+    backend = select_backend(model, opt, sched, hash_algorithm="sha256")
+    assert isinstance(backend, TorchModuleBackend) and (backend.model, backend.optimizer) == (model, opt)
+    assert isinstance(select_backend(None, opt, hash_algorithm="sha256"), TorchModuleBackend)
+    assert select_backend(None, hash_algorithm="sha256") is None
+
+    # a class that only looks like DeepSpeed's (same name, a deepspeed-like module) is a plain model
+    look_alike = type("DeepSpeedEngine", (torch.nn.Linear,), {"__module__": "deepspeed_plugin.engine"})(2, 2)
+    assert isinstance(select_backend(look_alike, hash_algorithm="sha256"), TorchModuleBackend)
+
+
+def test_a_plain_model_is_saved_without_importing_deepspeed(tmp_path):
+    """Choosing the backend must not import DeepSpeed: no DeepSpeed engine can exist before it is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from seo_dist.checkpoint import CheckpointManager; "
+        f"m = CheckpointManager({str(tmp_path)!r}); m.save_checkpoint(torch.nn.Linear(2, 2), step=1); "
+        "m.load_checkpoint('latest', torch.nn.Linear(2, 2)); print('deepspeed' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert out.stdout.strip() == "False"
+
+
 # ---------------------------------------------------------------------------- disk space
 
 

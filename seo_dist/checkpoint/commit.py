@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from seo_dist import dist
 from seo_dist.checkpoint.errors import CheckpointError, CheckpointSaveError, PeersLostAfterCommit
@@ -31,6 +31,9 @@ from seo_dist.checkpoint.hashing import FileRecord
 from seo_dist.checkpoint.layout import checkpoint_name, staging_name
 from seo_dist.checkpoint.manifest import Manifest, records_to_files, write_manifest
 from seo_dist.checkpoint.storage import fsync_dir, publish_folder
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 T = TypeVar("T")
 
@@ -74,7 +77,7 @@ def _portable(exc: Exception) -> Exception:
         return CheckpointError(error_line(exc))
 
 
-def run_on_rank_zero(fn: Callable[[], T], group: Any = None) -> T:
+def run_on_rank_zero(fn: Callable[[], T], group: ProcessGroup | None = None) -> T:
     """Run ``fn`` on rank 0 only and return its result on every rank; if it raised, every rank raises it.
 
     This is how rank-0-only work (manifest, renames, index, choosing what to load) stays collective-safe:
@@ -94,7 +97,9 @@ def run_on_rank_zero(fn: Callable[[], T], group: Any = None) -> T:
     return value  # type: ignore[return-value]
 
 
-def prepare_staging(root: Path, step: int, *, group: Any = None, before: Callable[[], None] | None = None) -> Path:
+def prepare_staging(
+    root: Path, step: int, *, group: ProcessGroup | None = None, before: Callable[[], None] | None = None
+) -> Path:
     """All ranks. Returns the empty staging folder for ``step``; ``before`` runs first on rank 0."""
     staging = root / staging_name(step)
 
@@ -120,7 +125,7 @@ def commit_checkpoint(
     local: RankOutcome,
     make_manifest: Callable[[dict[str, dict[str, Any]]], Manifest],
     *,
-    group: Any = None,
+    group: ProcessGroup | None = None,
     after_commit: Callable[[Path, Manifest], list[str]] | None = None,
 ) -> CommitResult:
     """All ranks. Commit the staging folder of ``step`` if every rank wrote its files; see the module doc."""
