@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from seo_dist import dist
 from seo_dist.checkpoint import CheckpointManager, CheckpointStrategy
 from seo_dist.checkpoint import commit as commit_module
-from seo_dist.checkpoint.deepspeed_engine import HashingCheckpointEngine
+from seo_dist.checkpoint.deepspeed_backend import HashingCheckpointEngine
 from seo_dist.checkpoint.errors import CheckpointSaveError, IncompatibleCheckpointError
 from seo_dist.checkpoint.faults import DELAY_ENV, FAULT_ENV
 from seo_dist.checkpoint.index import read_latest

@@ -15,7 +15,7 @@ import torch
 from chaos_scorecard import record
 
 from seo_dist.checkpoint import commit as commit_module
-from seo_dist.checkpoint import manager as manager_module
+from seo_dist.checkpoint import root_keeper as root_keeper_module
 from seo_dist.checkpoint.errors import (
     CheckpointSaveError,
     DiskSpaceError,
@@ -27,7 +27,8 @@ from seo_dist.checkpoint.errors import (
 from seo_dist.checkpoint.hashing import ALGORITHMS, HashingWriter, hash_file, write_torch_file
 from seo_dist.checkpoint.index import read_index, read_latest
 from seo_dist.checkpoint.layout import INDEX, LATEST, MANIFEST, TORCH_STATE_FILE, checkpoint_name, rank_state_file
-from seo_dist.checkpoint.manager import AdvancedCheckpointManager, CheckpointManager, config_diff
+from seo_dist.checkpoint.loading import config_diff
+from seo_dist.checkpoint.manager import AdvancedCheckpointManager, CheckpointManager
 from seo_dist.checkpoint.manifest import Manifest, read_manifest
 from seo_dist.checkpoint.strategy import CheckpointStrategy
 from seo_dist.checkpoint.verify import verify_checkpoint
@@ -481,6 +482,62 @@ def test_deepspeed_checkpoint_into_a_plain_model_is_a_clear_error(saved):
         mgr.load_checkpoint("latest", *make_model())
 
 
+# ---------------------------------------------------------------------------- backend choice
+
+
+def _bare(cls):
+    """An instance of ``cls`` (a DeepSpeed engine class) without ``deepspeed.initialize``, which needs a process
+    group and a config: only what selection and the adapter install touch (nn.Module attributes) is set up."""
+    engine = cls.__new__(cls)
+    torch.nn.Module.__init__(engine)
+    return engine
+
+
+def test_deepspeed_engines_get_the_deepspeed_backend_and_plain_models_the_torch_one():
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.runtime.pipe.engine import PipelineEngine
+
+    from seo_dist.checkpoint.backend import select_backend
+    from seo_dist.checkpoint.deepspeed_backend import DeepSpeedBackend, HashingCheckpointEngine
+    from seo_dist.checkpoint.torch_backend import TorchModuleBackend
+
+    for cls in (DeepSpeedEngine, PipelineEngine):
+        engine = _bare(cls)
+        backend = select_backend(engine, hash_algorithm="sha256")
+        assert isinstance(backend, DeepSpeedBackend) and backend.engine is engine
+        assert isinstance(engine.checkpoint_engine, HashingCheckpointEngine)  # DeepSpeed now writes through us
+
+    model, opt, sched = make_model()
+    backend = select_backend(model, opt, sched, hash_algorithm="sha256")
+    assert isinstance(backend, TorchModuleBackend) and (backend.model, backend.optimizer) == (model, opt)
+    assert isinstance(select_backend(None, opt, hash_algorithm="sha256"), TorchModuleBackend)
+    assert select_backend(None, hash_algorithm="sha256") is None
+
+    # a class that only looks like DeepSpeed's (same name, a deepspeed-like module) is a plain model
+    look_alike = type("DeepSpeedEngine", (torch.nn.Linear,), {"__module__": "deepspeed_plugin.engine"})(2, 2)
+    assert isinstance(select_backend(look_alike, hash_algorithm="sha256"), TorchModuleBackend)
+
+
+def test_a_plain_model_is_saved_without_importing_deepspeed(tmp_path):
+    """Choosing the backend must not import DeepSpeed: no DeepSpeed engine can exist before it is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from seo_dist.checkpoint import CheckpointManager; "
+        f"m = CheckpointManager({str(tmp_path)!r}); m.save_checkpoint(torch.nn.Linear(2, 2), step=1); "
+        "m.load_checkpoint('latest', torch.nn.Linear(2, 2)); print('deepspeed' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert out.stdout.strip() == "False"
+
+
 # ---------------------------------------------------------------------------- disk space
 
 
@@ -490,7 +547,7 @@ def test_low_disk_prunes_unprotected_checkpoints_first(saved, monkeypatch):
     events = Events()
     mgr = manager(root, events)
     size = mgr.list_checkpoints()[-1].total_bytes
-    monkeypatch.setattr(manager_module, "disk_free_bytes", lambda path: int(size * 1.1) - 1)  # one prune needed
+    monkeypatch.setattr(root_keeper_module, "disk_free_bytes", lambda path: int(size * 1.1) - 1)  # one prune needed
     mgr.save_checkpoint(model, opt, sched, 4, {"val/loss": 9.0})
     (pruned,) = events.named("checkpoint_pruned")
     assert pruned["reason"] == "disk_space" and pruned["steps"] == [1]  # 2 is the best, 3 was latest
@@ -501,7 +558,7 @@ def test_disk_too_full_fails_cleanly_before_writing(saved, monkeypatch):
     root, _, _, model, opt, sched = saved
     events = Events()
     mgr = manager(root, events, strategy=CheckpointStrategy(save_interval=1, max_checkpoints=3, pinned=[1]))
-    monkeypatch.setattr(manager_module, "disk_free_bytes", lambda path: 10)
+    monkeypatch.setattr(root_keeper_module, "disk_free_bytes", lambda path: 10)
     with pytest.raises(DiskSpaceError, match="not enough disk"):
         mgr.save_checkpoint(model, opt, sched, 4)
     assert events.named("checkpoint_disk_full")[0]["free_bytes"] == 10

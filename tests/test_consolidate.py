@@ -82,7 +82,7 @@ def zero_to_fp32(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 def exports(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """fp32 exports of the latest checkpoint of every scenario, through the Python API."""
     base = tmp_path_factory.mktemp("exports")
-    return {name: consolidate.consolidate_checkpoint(runs / name, base / name) for name in (*STAGES, "z2_bf16")}
+    return {name: consolidate.consolidate_checkpoint(runs / name, base / name).path for name in (*STAGES, "z2_bf16")}
 
 
 def live(runs: Path, name: str, tag: str = TAG) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def test_single_rank_checkpoints(single_rank_runs: Path, tmp_path: Path, name: s
     from transformers import AutoModelForCausalLM
 
     run = single_rank_runs
-    result = consolidate.consolidate(run / name, tmp_path / "model")
+    result = consolidate.consolidate_checkpoint(run / name, tmp_path / "model")
     assert result.world_size == 1 and result.zero_stage == STAGES[name]
     state = live(run, name)
     weights = load_file(result.path / WEIGHTS_NAME)
@@ -187,7 +187,7 @@ def test_output_folder_is_complete_and_verifiable(exports: dict[str, Path]) -> N
 def test_reduced_precision_output(runs: Path, tmp_path: Path, dtype: str, torch_dtype: torch.dtype) -> None:
     from transformers import AutoModelForCausalLM
 
-    out = consolidate.consolidate_checkpoint(runs / "z3", tmp_path / "model", dtype=dtype)
+    out = consolidate.consolidate_checkpoint(runs / "z3", tmp_path / "model", dtype=dtype).path
     weights = load_file(out / WEIGHTS_NAME)
     state = live(runs, "z3")
     for key, expected in state["params"].items():
@@ -225,8 +225,8 @@ def test_sharded_output_loads(
 
 
 def test_latest_and_best_of_an_experiment(runs: Path, tmp_path: Path) -> None:
-    best = consolidate.consolidate(runs / "z2", tmp_path / "best", best=True)
-    latest = consolidate.consolidate(runs / "z2" / "checkpoints", tmp_path / "latest")
+    best = consolidate.consolidate_checkpoint(runs / "z2", tmp_path / "best", best=True)
+    latest = consolidate.consolidate_checkpoint(runs / "z2" / "checkpoints", tmp_path / "latest")
     assert best.checkpoint.name == "step_00000001" and latest.checkpoint.name == TAG
     step1 = live(runs, "z2", "step_00000001")["params"]
     weights = load_file(best.path / WEIGHTS_NAME)
@@ -240,7 +240,7 @@ def test_latest_is_what_a_resume_would_load(runs: Path, tmp_path: Path) -> None:
     exp = tmp_path / "z2"
     shutil.copytree(runs / "z2", exp)
     (exp / "checkpoints" / "latest").write_text("step_00000001")
-    assert consolidate.consolidate(exp, tmp_path / "out").checkpoint.name == TAG
+    assert consolidate.consolidate_checkpoint(exp, tmp_path / "out").checkpoint.name == TAG
 
 
 def _copy_experiment(runs: Path, name: str, dest: Path) -> Path:
@@ -372,7 +372,7 @@ def test_config_and_tokenizer_rebuilt_from_the_job_config(
     else:
         save_config(job, exp / "config.yaml")
     write_manifest(ckpt, manifest)
-    result = consolidate.consolidate(exp, tmp_path / "model")
+    result = consolidate.consolidate_checkpoint(exp, tmp_path / "model")
     origin = "manifest.json" if where == "manifest" else "config.yaml"
     assert origin in result.sources["config"] and origin in result.sources["tokenizer"], result.sources
     model = AutoModelForCausalLM.from_pretrained(result.path).eval()
@@ -387,6 +387,8 @@ def test_best_without_index_ranks_by_config_metric(runs: Path, tmp_path: Path) -
     ckpt = _copy_experiment(runs, "z2", tmp_path)
     exp = ckpt.parent.parent
     (exp / "checkpoints" / "index.json").write_text("{ not json")
-    assert consolidate.consolidate(exp, tmp_path / "a", best=True).checkpoint.name == "step_00000001"  # val/loss, min
+    assert (
+        consolidate.consolidate_checkpoint(exp, tmp_path / "a", best=True).checkpoint.name == "step_00000001"
+    )  # val/loss, min
     (exp / "config.yaml").write_text("checkpoint:\n  best_metric: val/loss\n  maximize: true\n")
-    assert consolidate.consolidate(exp, tmp_path / "b", best=True).checkpoint.name == "step_00000002"
+    assert consolidate.consolidate_checkpoint(exp, tmp_path / "b", best=True).checkpoint.name == "step_00000002"

@@ -1,10 +1,19 @@
 """Sharded, hash-validated, atomically committed checkpoints (DeepSpeed-compatible layout).
 
-Layer 1 (no DeepSpeed): :mod:`.hashing`, :mod:`.storage`, :mod:`.manifest`, :mod:`.commit`, :mod:`.verify`,
-:mod:`.retention`, :mod:`.index`, and for asynchronous saves :mod:`.staging` (host copies) and :mod:`.async_save`
-(the writer thread); :mod:`.faults` injects write failures. Layer 2: :mod:`.deepspeed_engine` (a DeepSpeed
-``CheckpointEngine``) and :mod:`.torch_backend`. The brief's API: :class:`CheckpointStrategy`, :class:`CheckpointManager`,
-:class:`AdvancedCheckpointManager`. Names are imported lazily so that ``seo-dist verify`` stays light.
+Public API: :class:`CheckpointStrategy`, :class:`CheckpointManager` (the facade, :mod:`.manager`) and
+:class:`AdvancedCheckpointManager`.
+
+Modules that import neither DeepSpeed nor torch, so that ``seo-dist verify`` and ``seo-dist ls`` stay light:
+:mod:`.layout` (names on disk), :mod:`.hashing`, :mod:`.storage` (fsync, atomic replace, sweep), :mod:`.manifest`,
+:mod:`.verify`, :mod:`.retention` (what to keep, pure functions), :mod:`.index` (``latest``, ``index.json``),
+:mod:`.selection` (what a load tries), :mod:`.errors`, :mod:`.faults` (injected write failures).
+
+The machinery behind the manager (torch, and DeepSpeed only where noted): :mod:`.commit` (the commit protocol),
+:mod:`.saving` (the save pipeline), :mod:`.staging` and :mod:`.async_save` (host copies, the writer thread),
+:mod:`.root_keeper` (disk space, ``latest``, retention, index around each commit), :mod:`.loading` (load with
+fallback), :mod:`.events`, :mod:`.backend` (the :class:`~.backend.CheckpointBackend` protocol and its choice),
+:mod:`.torch_backend` (a plain ``nn.Module``) and :mod:`.deepspeed_backend` (imports DeepSpeed: the DeepSpeed
+backend and the ``CheckpointEngine`` it installs). Names are imported lazily.
 """
 
 from __future__ import annotations

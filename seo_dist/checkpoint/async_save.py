@@ -25,11 +25,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from seo_dist.checkpoint.commit import describe_error
+from seo_dist import dist
+from seo_dist.checkpoint.commit import error_line
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.staging import StagedFile
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ def write_staged(files: list[StagedFile], folder: Path, algorithm: str) -> tuple
         try:
             records.append(write_torch_file(staged.materialize(), folder, staged.relpath, algorithm))
         except Exception as e:  # noqa: BLE001 - see docstring
-            errors.append(f"{staged.relpath}: {describe_error(e)}")
+            errors.append(f"{staged.relpath}: {error_line(e)}")
     return records, errors
 
 
@@ -103,3 +107,29 @@ class BackgroundWriter:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+class CommitGroup:
+    """The process group of a manager's collectives: the caller's ``group``, else (once a background save needs
+    one) a gloo group of its own, so that the writer thread never uses the training group. ``None`` means the
+    default group (or no process group at all, world size 1)."""
+
+    def __init__(self, group: ProcessGroup | None = None) -> None:
+        self.group = group
+        self._owned = False
+
+    def ensure_own(self) -> None:
+        """Create the manager's own gloo group unless one was given or made already. A collective, run on the
+        training thread by every rank; a no-op before ``torch.distributed`` is initialised (world size 1 so far),
+        in which case the next background save tries again."""
+        if self.group is None and not self._owned and dist.is_initialized():
+            self.group = dist.new_gloo_group()
+            self._owned = True
+
+    def release(self) -> None:
+        """Destroy the group if this object created it."""
+        if self._owned and self.group is not None and dist.is_initialized():
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group(self.group)
+            self.group = None

@@ -23,14 +23,18 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from seo_dist import dist
 from seo_dist.checkpoint.errors import CheckpointError, CheckpointSaveError, PeersLostAfterCommit
 from seo_dist.checkpoint.hashing import FileRecord
 from seo_dist.checkpoint.layout import checkpoint_name, staging_name
 from seo_dist.checkpoint.manifest import Manifest, records_to_files, write_manifest
-from seo_dist.checkpoint.storage import fsync_dir, publish_folder
+from seo_dist.checkpoint.storage import publish_folder
+from seo_dist.fileio import fsync_dir
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 T = TypeVar("T")
 
@@ -60,7 +64,8 @@ class CommitResult:
     """Problems after the commit (latest/index/retention); the checkpoint itself is safe."""
 
 
-def describe_error(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """``"OSError: [Errno 28] No space left on device"``: the exception as one line, type first."""
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -70,10 +75,10 @@ def _portable(exc: Exception) -> Exception:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:  # noqa: BLE001
-        return CheckpointError(describe_error(exc))
+        return CheckpointError(error_line(exc))
 
 
-def run_on_rank_zero(fn: Callable[[], T], group: Any = None) -> T:
+def run_on_rank_zero(fn: Callable[[], T], group: ProcessGroup | None = None) -> T:
     """Run ``fn`` on rank 0 only and return its result on every rank; if it raised, every rank raises it.
 
     This is how rank-0-only work (manifest, renames, index, choosing what to load) stays collective-safe:
@@ -93,7 +98,9 @@ def run_on_rank_zero(fn: Callable[[], T], group: Any = None) -> T:
     return value  # type: ignore[return-value]
 
 
-def prepare_staging(root: Path, step: int, *, group: Any = None, before: Callable[[], None] | None = None) -> Path:
+def prepare_staging(
+    root: Path, step: int, *, group: ProcessGroup | None = None, before: Callable[[], None] | None = None
+) -> Path:
     """All ranks. Returns the empty staging folder for ``step``; ``before`` runs first on rank 0."""
     staging = root / staging_name(step)
 
@@ -107,7 +114,7 @@ def prepare_staging(root: Path, step: int, *, group: Any = None, before: Callabl
             staging.mkdir()
             fsync_dir(root)
         except OSError as e:
-            raise CheckpointSaveError(f"cannot create {staging}: {describe_error(e)}") from e
+            raise CheckpointSaveError(f"cannot create {staging}: {error_line(e)}") from e
 
     run_on_rank_zero(on_rank_zero, group)
     return staging
@@ -119,7 +126,7 @@ def commit_checkpoint(
     local: RankOutcome,
     make_manifest: Callable[[dict[str, dict[str, Any]]], Manifest],
     *,
-    group: Any = None,
+    group: ProcessGroup | None = None,
     after_commit: Callable[[Path, Manifest], list[str]] | None = None,
 ) -> CommitResult:
     """All ranks. Commit the staging folder of ``step`` if every rank wrote its files; see the module doc."""
@@ -141,14 +148,14 @@ def commit_checkpoint(
             publish_folder(staging, final)
         except Exception as e:
             shutil.rmtree(staging, ignore_errors=True)
-            raise CheckpointSaveError(f"checkpoint {final.name} not committed: {describe_error(e)}") from e
+            raise CheckpointSaveError(f"checkpoint {final.name} not committed: {error_line(e)}") from e
         published.append(final)
         warnings = []
         if after_commit is not None:
             try:
                 warnings = after_commit(final, manifest)
             except Exception as e:  # noqa: BLE001 - the checkpoint is committed; report, don't fail the save
-                warnings = [f"after commit: {describe_error(e)}"]
+                warnings = [f"after commit: {error_line(e)}"]
         return final, manifest, warnings
 
     try:
@@ -158,7 +165,7 @@ def commit_checkpoint(
             raise PeersLostAfterCommit(
                 published[0],
                 f"checkpoint {final.name} committed (it verifies), but the other ranks could not be told, "
-                f"a rank is probably gone: {describe_error(e)}",
+                f"a rank is probably gone: {error_line(e)}",
             ) from e
         raise
     return CommitResult(path=result[0], manifest=result[1], warnings=result[2])

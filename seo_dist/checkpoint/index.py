@@ -18,7 +18,7 @@ from seo_dist.checkpoint.errors import ManifestError
 from seo_dist.checkpoint.layout import INDEX, LATEST, parse_step, step_dirs
 from seo_dist.checkpoint.manifest import read_manifest
 from seo_dist.checkpoint.retention import CheckpointInfo, best_checkpoint, metric_value
-from seo_dist.checkpoint.storage import atomic_write_json, atomic_write_text
+from seo_dist.fileio import atomic_write, atomic_write_json
 
 INDEX_FORMAT = "seo_dist.checkpoint.index/1"
 
@@ -88,7 +88,7 @@ def read_latest(root: Path) -> str | None:
 
 
 def write_latest(root: Path, name: str) -> None:
-    atomic_write_text(root / LATEST, name)
+    atomic_write(root / LATEST, name)
 
 
 def build_index(

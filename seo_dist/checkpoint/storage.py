@@ -7,26 +7,7 @@ import shutil
 from pathlib import Path
 
 from seo_dist.checkpoint.layout import STAGING_SUFFIX
-from seo_dist.fileio import atomic_write
-from seo_dist.fileio import atomic_write_json as atomic_write_json
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (created, renamed, removed files) durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-atomic_write_text = atomic_write
-"""Alias of :func:`seo_dist.fileio.atomic_write`, kept for compatibility."""
+from seo_dist.fileio import fsync_dir
 
 
 def publish_folder(staging: Path, final: Path) -> None:
@@ -54,10 +35,6 @@ def disk_free_bytes(path: Path) -> int:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return shutil.disk_usage(probe).free
-
-
-def folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def remove_folder(path: Path) -> None:

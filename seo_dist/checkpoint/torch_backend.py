@@ -1,10 +1,11 @@
-"""Layer 2 for a plain ``torch.nn.Module`` + optimizer + scheduler (no DeepSpeed), for code ported from
-the brief: rank 0 writes one file through the same hashing writer and commit path."""
+"""The plain-torch backend: a ``torch.nn.Module`` + optimizer + scheduler without DeepSpeed (code that calls
+``CheckpointManager.save_checkpoint(model, optimizer, scheduler, ...)``): rank 0 writes one file through the
+same hashing writer and commit path as the DeepSpeed shards."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -16,7 +17,15 @@ from seo_dist.checkpoint.manifest import Manifest
 from seo_dist.checkpoint.staging import HostStager, StagedFile
 
 
-def _tensor_bytes(obj: Any) -> int:
+class Stateful(Protocol):
+    """An optimizer or LR scheduler: anything with ``state_dict``/``load_state_dict``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+def _tensor_bytes(obj: object) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
@@ -27,10 +36,18 @@ def _tensor_bytes(obj: Any) -> int:
 
 
 class TorchModuleBackend:
+    """Saves and loads a model, its optimizer and its scheduler (each optional) as one file, written by rank 0."""
+
     engine_name = "torch"
     zero_stage = 0
 
-    def __init__(self, model: torch.nn.Module | None, optimizer: Any, scheduler: Any, algorithm: str) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module | None,
+        optimizer: Stateful | None,
+        scheduler: Stateful | None,
+        algorithm: str,
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -60,7 +77,9 @@ class TorchModuleBackend:
             return [], []
         return [stager.stage(TORCH_STATE_FILE, self._state())], []
 
-    def check_compatible(self, manifest: Manifest, folder: Path, world_size: int, load_optimizer_states: bool) -> None:
+    def check_compatible(
+        self, manifest: Manifest, folder: Path, *, world_size: int, load_optimizer_states: bool
+    ) -> None:
         if manifest.engine != self.engine_name:
             raise IncompatibleCheckpointError(
                 f"{folder} holds {manifest.engine} shards (ZeRO stage {manifest.zero_stage}); load it with a DeepSpeed "

@@ -1,8 +1,9 @@
 """Export: ZeRO checkpoint shards -> a Hugging Face model folder (safetensors, config, tokenizer, manifest).
 
-``consolidate_checkpoint(ckpt_dir, out_dir, dtype="fp32", max_shard_size="5GB") -> Path`` is what the
-trainer calls for its final model; ``seo-dist consolidate`` and ``python -m seo_dist.export`` are the
-command line. Names are imported lazily: ``import seo_dist.export`` costs nothing.
+``consolidate_checkpoint(ckpt_dir, out_dir, dtype="fp32", max_shard_size="5GB") -> ConsolidationResult`` is the
+one entry point (its ``path`` is the model folder): the trainer calls it for its final model, and
+``seo-dist consolidate`` / ``python -m seo_dist.export`` are its command line. ``seo_dist.export.consolidate``
+is the module that holds it. Names are imported lazily: ``import seo_dist.export`` costs nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from seo_dist._lazy import lazy_getattr
 
 _PUBLIC = {
-    "consolidate": "seo_dist.export.consolidate",
     "consolidate_checkpoint": "seo_dist.export.consolidate",
     "ConsolidationResult": "seo_dist.export.consolidate",
     "CorruptCheckpointError": "seo_dist.export.errors",

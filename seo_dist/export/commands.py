@@ -55,11 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seo_dist.export.consolidate import consolidate
+    from seo_dist.export.consolidate import consolidate_checkpoint
     from seo_dist.export.errors import CorruptCheckpointError
 
     try:
-        result = consolidate(
+        result = consolidate_checkpoint(
             args.ckpt_dir,
             args.out,
             dtype=args.dtype,

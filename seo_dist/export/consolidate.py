@@ -29,7 +29,7 @@ from seo_dist.checkpoint.errors import ManifestError
 from seo_dist.checkpoint.hashing import DEFAULT_ALGORITHM, READ_CHUNK, FileRecord, HashingWriter
 from seo_dist.checkpoint.layout import MANIFEST, STAGING_SUFFIX, parse_step
 from seo_dist.checkpoint.manifest import Manifest, collect_versions, read_manifest, records_to_files, write_manifest
-from seo_dist.checkpoint.storage import fsync_dir, publish_folder
+from seo_dist.checkpoint.storage import publish_folder
 from seo_dist.checkpoint.verify import VERIFY_MODES, verify_checkpoint
 from seo_dist.errors import UserError
 from seo_dist.export.dtypes import OUTPUT_DTYPES, DType, output_dtype
@@ -54,6 +54,7 @@ from seo_dist.export.safetensors_writer import (
     plan_shards,
     write_shard,
 )
+from seo_dist.fileio import fsync_dir
 
 EXPORT_ENGINE = "hf_export"
 """``engine`` field of an exported folder's manifest: marks a folder this module may replace."""
@@ -109,7 +110,7 @@ def _located(folder: Path, error: CorruptCheckpointError) -> CorruptCheckpointEr
 
 def verify_input(folder: Path, mode: str) -> tuple[Manifest | None, list[str]]:
     """The checkpoint's manifest once its files check out, and warnings about harmless extras (``mode`` was
-    checked by :func:`consolidate`)."""
+    checked by :func:`consolidate_checkpoint`)."""
     if mode == "off":
         try:
             return read_manifest(folder), []
@@ -185,18 +186,20 @@ def _copy_file(src: Path, folder: Path, name: str, algorithm: str) -> FileRecord
     return writer.close()
 
 
-def consolidate(
+def consolidate_checkpoint(
     ckpt_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    *,
     dtype: str = "fp32",
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    *,
     best: bool = False,
     verify: str = "full",
     tokenizer_dir: str | os.PathLike[str] | None = None,
     hash_algorithm: str = DEFAULT_ALGORITHM,
 ) -> ConsolidationResult:
-    """Export a ZeRO checkpoint as a Hugging Face model folder; see the module docstring for the steps.
+    """Export a ZeRO checkpoint as a Hugging Face model folder (``result.path``); see the module docstring for
+    the steps. The one entry point: ``seo-dist consolidate``, ``python -m seo_dist.export`` and the trainer's
+    final export all call it.
 
     Raises :class:`~.errors.CorruptCheckpointError` (a damaged input file, named) or a
     :class:`~seo_dist.errors.UserError` (bad arguments, not a checkpoint, unsupported layout).
@@ -228,6 +231,10 @@ def consolidate(
             raise
     publish_folder(staging, out)
     return ConsolidationResult(path=out, checkpoint=folder, dtype=dtype, seconds=time.perf_counter() - start, **fields)
+
+
+consolidate = consolidate_checkpoint
+"""The same function under its shorter name, kept for compatibility."""
 
 
 def _verification_problem(verification: Future) -> CorruptCheckpointError | None:
@@ -301,16 +308,3 @@ def _write_model_folder(
         "sources": sources,
         "warnings": verify_warnings + warnings,
     }
-
-
-def consolidate_checkpoint(
-    ckpt_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    dtype: str = "fp32",
-    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
-    *,
-    best: bool = False,
-    verify: str = "full",
-) -> Path:
-    """:func:`consolidate` for callers that only need the folder (the trainer's final export)."""
-    return consolidate(ckpt_dir, out_dir, dtype=dtype, max_shard_size=max_shard_size, best=best, verify=verify).path

@@ -1,11 +1,12 @@
-"""Layer 2 for DeepSpeed: its own save/load code decides what each shard holds; we own the bytes.
+"""The DeepSpeed backend: DeepSpeed's own save/load code decides what each shard holds; seo_dist owns the bytes.
 
-:class:`HashingCheckpointEngine` replaces ``engine.checkpoint_engine``. DeepSpeed calls its
-``save(state_dict, path)`` once per file (model states from data-parallel rank 0 or, with ZeRO-3, from
-every rank; ``*_optim_states.pt`` from every rank); each call streams ``torch.save`` through a
-:class:`~.hashing.HashingWriter` and records (relative path, size, hash) for the manifest. The files
-keep DeepSpeed's names and layout, so ``engine.load_checkpoint`` and ``zero_to_fp32`` read our folders.
-:class:`StagingCheckpointEngine` is the asynchronous variant: it copies instead of writing.
+:class:`DeepSpeedBackend` is the :class:`~.backend.CheckpointBackend` for a DeepSpeed engine. It installs
+:class:`HashingCheckpointEngine` as ``engine.checkpoint_engine``: DeepSpeed calls its ``save(state_dict, path)``
+once per file (model states from data-parallel rank 0 or, with ZeRO-3, from every rank; ``*_optim_states.pt``
+from every rank); each call streams ``torch.save`` through a :class:`~.hashing.HashingWriter` and records
+(relative path, size, hash) for the manifest. The files keep DeepSpeed's names and layout, so
+``engine.load_checkpoint`` and ``zero_to_fp32`` read our folders. :class:`StagingCheckpointEngine` is the
+asynchronous variant: it copies instead of writing.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import torch
 from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointCommitInfo, CheckpointEngine
+from deepspeed.runtime.engine import DeepSpeedEngine
 
-from seo_dist.checkpoint.commit import describe_error
+from seo_dist.checkpoint.commit import error_line
 from seo_dist.checkpoint.errors import CheckpointError, IncompatibleCheckpointError
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.manifest import Manifest
@@ -47,7 +49,7 @@ class HashingCheckpointEngine(CheckpointEngine):
         self.records = []
         self.errors = []
 
-    def save(self, state_dict: Any, path: str) -> None:
+    def save(self, state_dict: object, path: str) -> None:
         if self.folder is None:
             self.errors.append(f"{path}: save() before create()")
             return
@@ -59,15 +61,15 @@ class HashingCheckpointEngine(CheckpointEngine):
         try:
             self.accept(state_dict, relpath)
         except Exception as e:  # noqa: BLE001 - reported through the commit, see class docstring
-            self.errors.append(f"{relpath}: {describe_error(e)}")
+            self.errors.append(f"{relpath}: {error_line(e)}")
 
-    def accept(self, state_dict: Any, relpath: str) -> None:
+    def accept(self, state_dict: object, relpath: str) -> None:
         """Handle one file of the save: written (and hashed) now. Subclasses may defer the write."""
         if self.folder is None:
             raise RuntimeError("save() before create()")
         self.records.append(self.write_file(state_dict, self.folder, relpath))
 
-    def write_file(self, state_dict: Any, folder: Path, relpath: str) -> FileRecord:
+    def write_file(self, state_dict: object, folder: Path, relpath: str) -> FileRecord:
         return write_torch_file(state_dict, folder, relpath, self.algorithm)
 
     def load(self, path: str, map_location: Any = None) -> Any:
@@ -83,8 +85,9 @@ class HashingCheckpointEngine(CheckpointEngine):
 class StagingCheckpointEngine(HashingCheckpointEngine):
     """Copies each file's state into host buffers during ``engine.save_checkpoint`` and writes nothing.
 
-    DeepSpeed's ``save()`` hands over live tensors (NOTES.md), so the copy must be taken before it
-    returns; :attr:`staged` then goes to the background writer. Staging errors (e.g. out of host
+    The state dicts DeepSpeed hands to ``save()`` reference the live tensors (parameters, fp32 master
+    partitions, Adam moments), which the next optimizer step changes in place, so the copy must be taken
+    before ``save()`` returns; :attr:`staged` then goes to the background writer. Staging errors (e.g. out of host
     memory) are recorded like write errors and fail the save on every rank at its commit.
     """
 
@@ -97,14 +100,14 @@ class StagingCheckpointEngine(HashingCheckpointEngine):
         super().create(info)
         self.staged = []
 
-    def accept(self, state_dict: Any, relpath: str) -> None:
+    def accept(self, state_dict: object, relpath: str) -> None:
         if self.stager is None:
             raise CheckpointError("StagingCheckpointEngine.stager is not set")
         self.staged.append(self.stager.stage(relpath, state_dict))
 
 
 def install_checkpoint_engine(
-    engine: Any, algorithm: str, cls: type[HashingCheckpointEngine] = HashingCheckpointEngine
+    engine: DeepSpeedEngine, algorithm: str, cls: type[HashingCheckpointEngine] = HashingCheckpointEngine
 ) -> HashingCheckpointEngine:
     """Make ``engine`` write through a ``cls`` instance (idempotent)."""
     current = getattr(engine, "checkpoint_engine", None)
@@ -126,7 +129,10 @@ class DeepSpeedBackend:
     engine_name = "deepspeed"
 
     def __init__(
-        self, engine: Any, algorithm: str, adapter_cls: type[HashingCheckpointEngine] = HashingCheckpointEngine
+        self,
+        engine: DeepSpeedEngine,
+        algorithm: str,
+        adapter_cls: type[HashingCheckpointEngine] = HashingCheckpointEngine,
     ) -> None:
         self.engine = engine
         self.adapter = install_checkpoint_engine(engine, algorithm, adapter_cls)
@@ -159,7 +165,9 @@ class DeepSpeedBackend:
             self.engine.checkpoint_engine = previous
         return adapter.staged, adapter.errors
 
-    def check_compatible(self, manifest: Manifest, folder: Path, world_size: int, load_optimizer_states: bool) -> None:
+    def check_compatible(
+        self, manifest: Manifest, folder: Path, *, world_size: int, load_optimizer_states: bool
+    ) -> None:
         if manifest.engine != self.engine_name:
             raise IncompatibleCheckpointError(
                 f"{folder} was written by a plain torch model ({manifest.engine}), not DeepSpeed; load it with "
