@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seo_dist.errors import UserError
+from seo_dist.tracking.layout import ExperimentLayout
 
 DEFAULT_METRIC = "val/loss"
 
@@ -59,12 +60,8 @@ def run(args: argparse.Namespace) -> int:
     scan = scan_checkpoints(root)
     staging = sorted(p.name for p in root.iterdir() if p.name.endswith(STAGING_SUFFIX) and p.is_dir())
     if not scan.any and not staging:
-        if (
-            root == path
-            and not (path / "metadata.json").exists()
-            and not (path / LATEST).exists()
-            and not (path / INDEX).exists()
-        ):
+        is_checkpoints_root = (path / LATEST).exists() or (path / INDEX).exists()
+        if not ExperimentLayout(path).is_experiment() and not is_checkpoints_root:
             raise UserError(f"{path} is neither an experiment directory nor a checkpoints folder")
         print(f"no checkpoints under {root}")
         return 0
