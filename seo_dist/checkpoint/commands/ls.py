@@ -6,10 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from seo_dist.config import CheckpointConfig
 from seo_dist.errors import UserError
 from seo_dist.tracking.layout import ExperimentLayout
 
-DEFAULT_METRIC = "val/loss"
+DEFAULT_METRIC = CheckpointConfig().best_metric
+"""The metric marking the best checkpoint when neither index.json nor a manifest names one: the config default."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +33,7 @@ def human_bytes(n: float) -> str:
 
 
 def _tracked(index: dict[str, Any] | None, root: Path, committed: list[Any]) -> tuple[str, bool]:
-    """The best metric: from index.json, else from the newest manifest's config, else val/loss (minimised)."""
+    """The best metric: from index.json, else from the newest manifest's config, else the default (minimised)."""
     if index and isinstance(index.get("tracked"), dict) and index["tracked"]:
         metric, spec = next(iter(index["tracked"].items()))
         return metric, bool(spec.get("maximize", False)) if isinstance(spec, dict) else False
