@@ -49,7 +49,7 @@ STATUSES = ("completed", "failed", "interrupted")
 
 
 class ExperimentTracker:
-    """Tracks one experiment (the brief's ``ExperimentTracker``); see the module docstring for rank behaviour.
+    """Tracks one experiment; see the module docstring for rank behaviour.
 
     ``job_config`` gives the resolved config and ``config_hash``; without it (a standalone script)
     ``hparams`` - any JSON-able mapping of the settings that determine results - is saved and hashed.
