@@ -15,8 +15,7 @@ from pathlib import Path
 
 from seo_dist import dist
 from seo_dist.errors import UserError
-
-CONFIG_FILE = "config.yaml"
+from seo_dist.tracking.layout import CONFIG_YAML
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,24 +42,27 @@ def resolve_job(args: argparse.Namespace):
     config_path = args.config
     exp_dir = None
     if args.resume is not None:
-        from seo_dist.trainer import resume_experiment_dir
+        from seo_dist.resume import resume_experiment_dir
 
         exp_dir = resume_experiment_dir(args.resume)  # checked before anything else is loaded
     if config_path is None:
         if exp_dir is None:
             raise UserError("missing --config; pass --config configs/tiny_cpu.yaml (or --resume EXP_DIR)")
-        config_path = exp_dir / CONFIG_FILE
+        config_path = exp_dir / CONFIG_YAML
     return load_config(config_path, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     from seo_dist.checkpoint.errors import CheckpointSaveError
+    from seo_dist.resume import plan_resume
     from seo_dist.trainer import NonFiniteLossError, SEOTrainer
 
     job = resolve_job(args)
     _quiet_libraries()
     try:
-        result = SEOTrainer(job, resume=args.resume).train()
+        dist.init_distributed()
+        plan = plan_resume(args.resume, job.experiment)  # collective on a torchrun restart
+        result = SEOTrainer(job, resume=plan).train()
     except (NonFiniteLossError, CheckpointSaveError) as e:
         # the run's outcome, not a bug: one line (metadata.json and events.jsonl hold the details and traceback)
         sys.stderr.write(f"seo_dist: training stopped: {e}\n")

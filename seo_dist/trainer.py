@@ -1,18 +1,16 @@
 """SEOTrainer: wires data, model, DeepSpeed engine, tracking, checkpointing and profiling.
 
-The loop itself stays short; every concern lives in its own component. Collectives happen at
-fixed points that every rank reaches together: one small all-reduce per micro-step (global loss,
-non-finite check and the stop flag), validation, checkpoint saves and the profiler's log-interval
-gather.
+The loop itself stays short; every concern lives in its own component (:mod:`seo_dist.training`,
+:mod:`seo_dist.resume`). Collectives happen at fixed points that every rank reaches together: one small
+all-reduce per micro-step (global loss, non-finite check and the stop flag), validation, checkpoint
+saves and the profiler's log-interval gather.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import math
 import random
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +23,20 @@ from seo_dist import dist
 from seo_dist.config import JobConfig, resolve_deepspeed
 from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
 from seo_dist.engine.deepspeed_engine import check_precision
-from seo_dist.errors import ConfigError, UserError
+from seo_dist.errors import ConfigError
+from seo_dist.resume import ResumePlan, plan_resume, resume_experiment_dir
+from seo_dist.tracking.layout import ExperimentLayout
+from seo_dist.training.final_export import export_final_model
+from seo_dist.training.restore import trainer_state
+from seo_dist.training.step import MAX_CONSECUTIVE_NON_FINITE, NonFiniteLossError, TrainStep
+from seo_dist.training.stop import StopFlag
+
+__all__ = ["MAX_CONSECUTIVE_NON_FINITE", "NonFiniteLossError", "SEOTrainer", "TrainResult", "resume_experiment_dir"]
 
 log = logging.getLogger(__name__)
 
-MAX_CONSECUTIVE_NON_FINITE = 10
-"""With ``train.on_nan: skip``, this many non-finite micro-batches in a row mean the weights themselves
-have diverged (skipping cannot help): the run stops as with ``stop`` instead of looping forever."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf and ``train.on_nan`` is ``stop``."""
+VAL_LOSS = "val/loss"
+"""The metric validation reports, and the only ``checkpoint.best_metric`` the trainer measures itself."""
 
 
 @dataclass
@@ -56,54 +57,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resumable(exp_dir: Path) -> bool:
-    """An experiment directory a run can continue: it has its metadata or a checkpoints folder."""
-    return (exp_dir / "metadata.json").is_file() or (exp_dir / "checkpoints").is_dir()
-
-
-def resume_experiment_dir(resume: Path) -> Path:
-    """The experiment directory that ``--resume`` names: the directory itself, or the one holding a checkpoint folder."""
-    if not resume.exists():
-        raise UserError(f"--resume {str(resume)!r} does not exist; give an experiment directory or a checkpoint folder")
-    if _resumable(resume):
-        return resume
-    if resume.parent.name == "checkpoints":
-        return resume.parent.parent
-    raise UserError(f"--resume {str(resume)!r} is neither an experiment directory nor a checkpoint folder")
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop agrees on it across ranks and stops at a step boundary."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
 class SEOTrainer:
     """Train the configured causal LM; ``train()`` returns a :class:`TrainResult` on every rank.
 
-    ``resume`` is an experiment directory (continue from its latest valid checkpoint) or one
-    checkpoint folder inside it.
+    ``resume``: a :class:`~seo_dist.resume.ResumePlan`, or a path as for ``--resume`` (an experiment
+    directory, continued from its latest valid checkpoint, or one checkpoint folder inside it), planned
+    when ``train()`` starts (a torchrun restart is detected either way).
     """
 
-    def __init__(self, job: JobConfig, *, resume: str | Path | None = None) -> None:
+    def __init__(self, job: JobConfig, *, resume: ResumePlan | str | Path | None = None) -> None:
         self.job = job
-        self.resume = Path(resume) if resume is not None else None
+        self._resume = resume
+        self.plan = ResumePlan()
         self.step = 0
         self.tokens_seen = 0
         self.tracker: Any = None
@@ -112,7 +77,7 @@ class SEOTrainer:
         self.engine: Any = None
         self.model: torch.nn.Module | None = None
         self._last_checkpoint: Path | None = None
-        self._stop = _StopFlag()
+        self._stop = StopFlag()
 
     # ------------------------------------------------------------------ setup
 
@@ -164,7 +129,7 @@ class SEOTrainer:
             flops_per_token=flops_per_token(self.hf_config, t.seq_len),
             tokens_per_step_per_rank=t.micro_batch_size * t.grad_accum * t.seq_len,
             samples_per_step_per_rank=t.micro_batch_size * t.grad_accum,
-            trace_dir=exp_dir / "logs" / "traces" if exp_dir is not None else None,
+            trace_dir=ExperimentLayout(exp_dir).traces if exp_dir is not None else None,
             sync_phases=sync,
         )
         if self.tracker is not None:
@@ -176,7 +141,7 @@ class SEOTrainer:
         from seo_dist.checkpoint import AdvancedCheckpointManager
 
         self.checkpoints = AdvancedCheckpointManager.from_config(
-            exp_dir / "checkpoints",
+            ExperimentLayout(exp_dir).checkpoints,
             self.job.checkpoint,
             event_fn=self.tracker.log_event,
             config_hash=self.job.config_hash(),
@@ -186,27 +151,36 @@ class SEOTrainer:
         self.tracker.checkpoint_manager = self.checkpoints
 
     def _restore(self) -> bool:
-        """Load the checkpoint named by ``--resume``; False when the experiment has none yet."""
+        """Load the checkpoint the resume plan names; False when there is none (yet)."""
         from seo_dist.checkpoint import NoCheckpointError
 
-        if self.resume is None or self.checkpoints is None:
+        plan = self.plan
+        if plan.experiment_dir is None or self.checkpoints is None:
             return False
-        target = self.resume if self.resume.parent.name == "checkpoints" else "latest"
         try:
-            loaded = self.checkpoints.load_checkpoint(target, self.engine)
+            loaded = self.checkpoints.load_checkpoint(plan.load_target, self.engine)
         except NoCheckpointError:
             self.tracker.set_resume_step(-1)  # starting over: rows the earlier attempt logged would be duplicates
             self.tracker.log_event(
                 "resume_without_checkpoint",
                 step=0,
-                message=f"{self.resume} has no checkpoint yet; training starts at step 0",
+                message=f"{plan.checkpoint or plan.experiment_dir} has no checkpoint yet; training starts at step 0",
             )
             return False
-        state = loaded["rank_state"]
         self.step = int(loaded["step"])
         self._follow_configured_lr()
+        state = trainer_state(loaded)
         self.tokens_seen = int(state["tokens_seen"])
-        self.loader.load_state_dict(state["loader"])
+        moved = self.loader.load_state_dict(state["loader"])
+        if moved is not None:
+            self.tracker.log_event(
+                "data_resharded",
+                step=self.step,
+                **dataclasses.asdict(moved),
+                message=f"saved by {moved.from_world_size} rank(s), resumed by {moved.to_world_size}: the data order "
+                f"continues at sample {moved.samples_in_epoch} of epoch {moved.epoch}"
+                + ("" if moved.exact else " (rounded down to a whole micro-batch per rank: a few samples repeat)"),
+            )
         self.tracker.set_resume_step(self.step)
         self.tracker.log_event("resumed", step=self.step, path=str(loaded["path"]))
         return True
@@ -242,80 +216,35 @@ class SEOTrainer:
         self.tracker.log_metrics({"ckpt/stall_s": time.perf_counter() - start}, step=self.step)
 
     def _start_tracking(self) -> Path | None:
+        """Start (or continue) the experiment the plan names and log how a restart was resolved."""
         from seo_dist.tracking import ExperimentTracker
 
-        exp_cfg = self.job.experiment
-        restart = self._resume_after_restart()
-        resume_dir = self._resume_experiment_dir()
-        if resume_dir is not None:
-            exp_cfg.base_dir, exp_cfg.experiment_id = str(resume_dir.parent), resume_dir.name
-        self.tracker = ExperimentTracker(exp_cfg, code_profiler=None, job_config=self.job)
-        exp_dir = self.tracker.start_experiment(resume=resume_dir is not None)
-        if restart is not None:
-            attempt, previous = restart
-            if previous is not None:
-                self.tracker.log_event("restart_resumed", attempt=attempt, path=previous)
-            else:
-                self.tracker.log_event(
-                    "restart_not_resumed",
-                    level="warning",
-                    attempt=attempt,
-                    message="torchrun restarted the workers but the previous attempt left no "
-                    "experiment to continue; training starts at step 0",
-                )
-        if dist.is_rank_zero() and exp_cfg.tracking_enabled:
-            self.tokenizer.save_pretrained(str(exp_dir / "artifacts" / "tokenizer"))
+        plan, experiment = self.plan, self.job.experiment
+        self.tracker = ExperimentTracker(experiment, code_profiler=None, job_config=self.job)
+        exp_dir = self.tracker.start_experiment(resume=plan.experiment_dir is not None)
+        if plan.restart_attempt and plan.restart_found_experiment:
+            self.tracker.log_event("restart_resumed", attempt=plan.restart_attempt, path=str(plan.experiment_dir))
+        elif plan.restart_attempt:
+            self.tracker.log_event(
+                "restart_not_resumed",
+                level="warning",
+                attempt=plan.restart_attempt,
+                message="torchrun restarted the workers but the previous attempt left no "
+                "experiment to continue; training starts at step 0",
+            )
+        if dist.is_rank_zero() and experiment.tracking_enabled:
+            self.tokenizer.save_pretrained(str(ExperimentLayout(exp_dir).tokenizer))
         return exp_dir
-
-    def _resume_after_restart(self) -> tuple[int, str | None] | None:
-        """Under ``torchrun --max-restarts``, restarted workers continue the previous attempt's experiment from
-        its latest valid checkpoint instead of starting a new one at step 0 (with ``--resume``: the experiment
-        of the given folder, from its latest checkpoint). Collective; returns ``(attempt, experiment dir or
-        None)`` on a restart, else None."""
-        attempt = dist.elastic_restart_count()
-        if attempt == 0:
-            return None
-        if self.resume is not None:
-            if self.resume.parent.name == "checkpoints":  # that folder is older than what the last attempt saved
-                self.resume = self.resume.parent.parent
-            return attempt, str(self.resume)
-        previous = dist.broadcast_object(self._previous_attempt_dir() if dist.is_rank_zero() else None)
-        if previous is not None:
-            self.resume = Path(previous)
-        return attempt, previous
-
-    def _previous_attempt_dir(self) -> str | None:
-        """Rank 0: the experiment ``experiment.experiment_id`` names, or else the newest one started by this
-        torchrun agent (``metadata.json`` records its launch id)."""
-        exp = self.job.experiment
-        base = Path(exp.base_dir).expanduser()
-        if exp.experiment_id is not None:
-            candidate = base / exp.experiment_id
-            return str(candidate.absolute()) if _resumable(candidate) else None
-        me = dist.launch_id()
-        if me is None or not base.is_dir():
-            return None
-        newest: tuple[float, Path] | None = None
-        for meta_path in base.glob("*/metadata.json"):
-            try:
-                meta = json.loads(meta_path.read_text())
-                started = float(meta.get("start_timestamp") or 0.0)
-            except (OSError, ValueError, TypeError):
-                continue
-            if isinstance(meta, dict) and (meta.get("world") or {}).get("launch_id") == me:
-                if newest is None or started > newest[0]:
-                    newest = (started, meta_path.parent)
-        return str(newest[1].absolute()) if newest is not None else None
-
-    def _resume_experiment_dir(self) -> Path | None:
-        return resume_experiment_dir(self.resume) if self.resume is not None else None
 
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> TrainResult:
-        job = self.job
         info = dist.init_distributed()
         # Everything that can reject the user's input runs before anything is written to disk.
+        resume = self._resume
+        self.plan = resume if isinstance(resume, ResumePlan) else plan_resume(resume, self.job.experiment)
+        # the job as this run executes it: a resumed experiment keeps its directory (the caller's job is not changed)
+        job = self.job = dataclasses.replace(self.job, experiment=self.plan.experiment_config(self.job.experiment))
         self.ds_config = resolve_deepspeed(job, info.world_size)
         check_precision(self.ds_config, dist.get_device())
         self._setup_tokenizer()
@@ -333,7 +262,7 @@ class SEOTrainer:
             self._train_loop(info, result, resumed)
             if self.checkpoints is not None:
                 self.checkpoints.close()  # the save in flight is committed (or its failure raised) before "completed"
-            result.status = "interrupted" if self._stop.signum is not None else "completed"
+            result.status = "interrupted" if self._stop.requested else "completed"
             self.tracker.end_experiment(result.status)
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -366,7 +295,7 @@ class SEOTrainer:
         tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * info.world_size
         result.initial_val_loss = self.evaluate()
         if not resumed:  # a resumed run logged this step's validation before it stopped
-            self._log({"val/loss": result.initial_val_loss}, result)
+            self._log({VAL_LOSS: result.initial_val_loss}, result)
         bar = tqdm(
             total=t.max_steps,
             initial=self.step,
@@ -376,17 +305,20 @@ class SEOTrainer:
             mininterval=1.0,
         )
         engine.train()
+        train_step = TrainStep(self.engine, self.loader, self.profiler, t, stop_flag=self._stop,
+                               checkpoints=self.checkpoints, event=self.tracker.log_event)  # fmt: skip
         loop_start = time.perf_counter()
         stop, step_metrics = False, {}
         window_loss, window_steps, window_start = 0.0, 0, loop_start
         while self.step < t.max_steps:
-            loss, stop, ckpt_failed = self._train_step()
+            outcome = train_step(self.step)
+            loss, stop = outcome.loss, outcome.stop
             self.step += 1
             self.tokens_seen += tokens_per_step
             window_loss, window_steps = window_loss + loss, window_steps + 1
             self.profiler.step_end(self.step)
             if self.checkpoints is not None:
-                if ckpt_failed:  # every rank raises the failed save's error at this same step
+                if outcome.checkpoint_failed:  # every rank raises the failed save's error at this same step
                     self.checkpoints.wait()
                 self._log_checkpoint_stats(self.checkpoints.poll(raise_errors=False))
             if self.step % t.log_interval == 0 or self.step == t.max_steps or stop:
@@ -405,8 +337,8 @@ class SEOTrainer:
             last = self.step == t.max_steps or stop
             step_metrics = {"train/loss": loss}
             if not last and t.eval_interval and self.step % t.eval_interval == 0:
-                step_metrics["val/loss"] = self.evaluate()
-                self._log({"val/loss": step_metrics["val/loss"]}, result)
+                step_metrics[VAL_LOSS] = self.evaluate()
+                self._log({VAL_LOSS: step_metrics[VAL_LOSS]}, result)
             if not last and self.checkpoints is not None and self.checkpoints.should_save(self.step):
                 self._save(self._with_best_metric(step_metrics))
             if stop:
@@ -415,39 +347,14 @@ class SEOTrainer:
         result.loop_time_s = time.perf_counter() - loop_start
         if not stop:  # pre-empted: spend the grace period on the checkpoint, not on validation
             result.final_val_loss = self.evaluate()
-            step_metrics["val/loss"] = result.final_val_loss
-            self._log({"val/loss": result.final_val_loss}, result)
+            step_metrics[VAL_LOSS] = result.final_val_loss
+            self._log({VAL_LOSS: result.final_val_loss}, result)
         if self.checkpoints is not None and self.checkpoints.should_save(self.step, final=True):
             self._save(step_metrics, final=True)
             self._log_checkpoint_stats(self.checkpoints.poll(raise_errors=False))
-            if not stop and self.job.checkpoint.export_final:
-                self._export_final()
-
-    def _export_final(self) -> None:
-        """Rank 0 consolidates the final checkpoint into a Hugging Face folder; a failure is an event, not a crash.
-
-        No collective follows this on purpose: a large export may outlast the process group's timeout.
-        """
-        if not dist.is_rank_zero() or self._result.exp_dir is None:
-            return
-        if self._last_checkpoint is None:  # the final save failed under checkpoint.on_error=warn
-            self.tracker.log_event(
-                "final_model_export_skipped",
-                step=self.step,
-                level="warning",
-                message="no committed final checkpoint to export",
-            )
-            return
-        from seo_dist.export import consolidate_checkpoint
-
-        out = self._result.exp_dir / "artifacts" / "final_model"
-        start = time.perf_counter()
-        try:
-            consolidate_checkpoint(self._last_checkpoint, out, dtype=self.job.checkpoint.export_dtype)
-        except Exception as e:  # the checkpoint is safe; only the convenience copy failed
-            self.tracker.log_event("export_failed", step=self.step, level="error", error=f"{type(e).__name__}: {e}")
-            return
-        self.tracker.log_event("model_exported", step=self.step, path=str(out), seconds=time.perf_counter() - start)
+            if not stop and self.job.checkpoint.export_final and info.is_rank_zero and result.exp_dir is not None:
+                export_final_model(self._last_checkpoint, result.exp_dir, self.job.checkpoint.export_dtype,
+                                   event=self.tracker.log_event, step=self.step)  # fmt: skip
 
     def _log_checkpoint_stats(self, finished: list[dict[str, Any]]) -> None:
         """``ckpt/*`` metrics of saves whose background work just finished (rank 0 logs them)."""
@@ -462,78 +369,16 @@ class SEOTrainer:
             self.tracker.log_metrics(metrics, step=self.step)  # at the current step: rows stay in step order
 
     def _with_best_metric(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Checkpoint metrics; a ``val/`` best metric not measured at this step is measured now."""
+        """Checkpoint metrics; the best metric, when it is the validation loss not measured at this step, is measured now."""
         best = self.job.checkpoint.best_metric
-        if best == "val/loss" and best not in metrics and self.job.checkpoint.keep_best > 0:
+        if best == VAL_LOSS and best not in metrics and self.job.checkpoint.keep_best > 0:
             metrics = {**metrics, best: self.evaluate()}
             self._log({best: metrics[best]}, self._result)
         return metrics
 
-    def _train_step(self) -> tuple[float, bool, bool]:
-        """One optimizer step (``grad_accum`` micro-batches).
-
-        Returns (global mean loss, any rank asked to stop, any rank's background checkpoint save failed):
-        the flags ride on the loss all-reduce so that every rank acts on them at the same step.
-        """
-        engine, t = self.engine, self.job.train
-        total, micro, skipped = 0.0, 0, 0
-        stop = ckpt_failed = False
-        prof = self.profiler
-        while micro < t.grad_accum:
-            with prof.oom_guard():
-                with prof.phase("data"):
-                    batch = {k: v.to(engine.device) for k, v in self.loader.next_batch().items()}
-                with prof.phase("forward"):
-                    loss = engine(**batch).loss
-                with prof.phase("loss_sync"):
-                    local = loss.detach().float().item()
-                    # global sum of losses; ranks with a non-finite loss, asked to stop, with a failed save
-                    failed_here = self.checkpoints is not None and self.checkpoints.failed
-                    loss_sum, bad, stops, failures = dist.all_reduce_sum(
-                        [
-                            local if math.isfinite(local) else 0.0,
-                            0.0 if math.isfinite(local) else 1.0,
-                            1.0 if self._stop.signum is not None else 0.0,
-                            1.0 if failed_here else 0.0,
-                        ]
-                    )
-                stop = stop or stops > 0
-                ckpt_failed = ckpt_failed or failures > 0
-                if bad:
-                    skipped += 1
-                    self._on_non_finite(local, skipped)
-                    continue  # 'skip': drop this micro-batch on every rank (no backward, no step)
-                skipped = 0
-                with prof.phase("backward"):
-                    engine.backward(loss)
-                with prof.phase("optimizer"):
-                    engine.step()
-            total += loss_sum / dist.get_world_size()
-            micro += 1
-        return total / t.grad_accum, stop, ckpt_failed
-
-    def _on_non_finite(self, local_loss: float, in_a_row: int) -> None:
-        policy = self.job.train.on_nan
-        self.tracker.log_event(
-            "non_finite_loss",
-            step=self.step,
-            level="error" if policy == "stop" else "warning",
-            local_loss=str(local_loss),
-            policy=policy,
-            in_a_row=in_a_row,
-        )
-        if policy == "stop":
-            raise NonFiniteLossError(f"loss became non-finite at step {self.step} (train.on_nan=stop)")
-        if in_a_row >= MAX_CONSECUTIVE_NON_FINITE:
-            raise NonFiniteLossError(
-                f"loss stayed non-finite for {in_a_row} micro-batches in a row at step {self.step}: "
-                f"the weights have diverged and skipping cannot recover (lower train.lr, or resume "
-                f"from an earlier checkpoint)"
-            )
-
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean validation loss over all ranks (every rank runs the same number of batches)."""
+        """Mean validation loss over all ranks (every rank runs the same number of batches). Collective."""
         info = dist.get_dist_info()
         engine, t = self.engine, self.job.train
         was_training = engine.training

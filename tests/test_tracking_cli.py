@@ -147,3 +147,23 @@ def test_bad_input_from_the_real_command(tmp_path: Path) -> None:
         proc.stderr.strip() == f"seo-dist report: error: {str(tmp_path)!r} is not an experiment directory "
         "(no metadata.json or metrics/metrics.jsonl)"
     )
+
+
+def test_one_experiment_directory_test_for_ls_runs_and_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory with only checkpoints/ (experiment.tracking_enabled=false) is an experiment everywhere."""
+    from seo_dist.resume import resume_experiment_dir
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert main(["ls", str(plain)]) == 2
+    assert "is neither an experiment directory nor a checkpoints folder" in capsys.readouterr().err
+    untracked = tmp_path / "base" / "untracked"
+    (untracked / "checkpoints").mkdir(parents=True)
+    assert main(["ls", str(untracked)]) == 0
+    assert "no checkpoints under" in capsys.readouterr().out
+    assert main(["runs", str(untracked.parent)]) == 0
+    assert "untracked" in capsys.readouterr().out
+    assert ExperimentLayout(untracked).is_experiment() and not ExperimentLayout(plain).is_experiment()
+    assert resume_experiment_dir(untracked) == untracked

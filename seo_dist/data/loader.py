@@ -17,6 +17,22 @@ def pack_blocks(records: list[dict], tokenizer, seq_len: int) -> torch.Tensor:
     return flat[: n * seq_len].view(n, seq_len)
 
 
+@dataclass(frozen=True, slots=True)
+class ResumedPosition:
+    """Where a loader saved at another world size continues (see :meth:`ShardedLoader.load_state_dict`)."""
+
+    from_world_size: int
+    to_world_size: int
+    epoch: int
+    samples_in_epoch: int
+    """Samples of the epoch's order the saving ranks had consumed together."""
+    position: int
+    """Micro-batches per rank at the new world size."""
+    exact: bool
+    """False when ``samples_in_epoch`` is not a whole number of micro-batches of the new world: the position
+    was rounded down and a few samples are seen twice."""
+
+
 @dataclass
 class LoaderState:
     epoch: int = 0
@@ -29,7 +45,9 @@ class ShardedLoader:
 
     Every epoch draws a permutation from ``seed + epoch`` (identical on all ranks); rank ``r`` takes
     every ``world_size``-th block starting at ``r``, so ranks never see the same block in one epoch.
-    ``state_dict()``/``load_state_dict()`` make the stream resume exactly where it stopped.
+    ``state_dict()``/``load_state_dict()`` make the stream resume exactly where it stopped. In one epoch
+    the ranks together consume the epoch's order from its start (rank ``r`` takes the ``r``-th of every
+    ``world_size`` blocks), so a state saved at another world size maps to the same global sample position.
     """
 
     def __init__(
@@ -77,9 +95,23 @@ class ShardedLoader:
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.state.epoch, "position": self.state.position, "world_size": self.world_size}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.state = LoaderState(epoch=int(state["epoch"]), position=int(state["position"]))
+    def load_state_dict(self, state: dict[str, int]) -> ResumedPosition | None:
+        """Continue where ``state`` stopped; None, or where a state saved at another world size continues.
+
+        Within the epoch the data order continues from the same global sample; each world size drops its
+        own short tail at the end of an epoch, and the global batch of a step changes with the world size.
+        """
+        epoch, position = int(state["epoch"]), int(state["position"])
+        saved_world = int(state.get("world_size", self.world_size))
+        moved = None
+        if saved_world != self.world_size:
+            samples = position * self.micro_batch_size * saved_world
+            per_batch = self.micro_batch_size * self.world_size
+            position = samples // per_batch
+            moved = ResumedPosition(saved_world, self.world_size, epoch, samples, position, samples % per_batch == 0)
+        self.state = LoaderState(epoch=epoch, position=position)
         self._order = self._epoch_order(self.state.epoch)
+        return moved
 
 
 def validation_batches(blocks: torch.Tensor, micro_batch_size: int, rank: int, world_size: int, max_batches: int):

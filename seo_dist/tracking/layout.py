@@ -1,4 +1,7 @@
-"""File names of the experiment directory (DESIGN.md section 3), in one place."""
+"""File names of the experiment directory (DESIGN.md section 3), in one place.
+
+The names inside ``checkpoints/`` belong to :mod:`seo_dist.checkpoint.layout`.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,15 @@ CODE_SNAPSHOT_DIR = "code_snapshot"
 EVENTS = "events.jsonl"
 TRAIN_LOG = "train.log"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"
+TRACES_DIR = "traces"
+RANK_EVENTS = "events.rank{rank}.jsonl"
 METRICS_JSONL = "metrics.jsonl"
 REQUIREMENTS = "requirements.txt"
 GIT_DIFF = "git_diff.patch"
 PLOTS_DIR = "plots"
+TOKENIZER_ARTIFACT = "tokenizer"
+FINAL_MODEL_ARTIFACT = "final_model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +75,12 @@ class ExperimentLayout:
 
     @property
     def wandb(self) -> Path:
-        return self.logs / "wandb"
+        return self.logs / WANDB_DIR
+
+    @property
+    def traces(self) -> Path:
+        """torch.profiler traces."""
+        return self.logs / TRACES_DIR
 
     @property
     def metrics(self) -> Path:
@@ -90,16 +103,28 @@ class ExperimentLayout:
         return self.artifacts / PLOTS_DIR
 
     @property
+    def tokenizer(self) -> Path:
+        return self.artifacts / TOKENIZER_ARTIFACT
+
+    @property
+    def final_model(self) -> Path:
+        """The final checkpoint consolidated into a Hugging Face model folder."""
+        return self.artifacts / FINAL_MODEL_ARTIFACT
+
+    @property
     def code_snapshot(self) -> Path:
         return self.root / CODE_SNAPSHOT_DIR
 
     def rank_events(self, rank: int) -> Path:
         """Events a rank other than 0 records itself (its own failure, ``log_event(..., all_ranks=True)``)."""
-        return self.logs / f"events.rank{rank}.jsonl"
+        return self.logs / RANK_EVENTS.format(rank=rank)
 
     def make_dirs(self) -> None:
         for d in (self.checkpoints, self.logs, self.metrics.parent, self.artifacts):
             d.mkdir(parents=True, exist_ok=True)
 
     def is_experiment(self) -> bool:
-        return self.metadata.is_file() or self.metrics.is_file()
+        """True for a directory seo_dist wrote an experiment into: it has ``metadata.json``,
+        ``metrics/metrics.jsonl`` or ``checkpoints/`` (with ``experiment.tracking_enabled: false`` a run writes
+        only its checkpoints). The one test used by resume, ``seo-dist ls``, ``runs`` and ``report``."""
+        return self.metadata.is_file() or self.metrics.is_file() or self.checkpoints.is_dir()

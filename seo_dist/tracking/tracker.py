@@ -10,18 +10,11 @@ waiting forever in a collective. On other ranks ``log_metrics``/``log_event`` re
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
-import re
-import secrets
-import shutil
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,50 +24,32 @@ from seo_dist import dist
 from seo_dist.config import ExperimentConfig, JobConfig
 from seo_dist.errors import UserError
 from seo_dist.tracking import metadata as md
-from seo_dist.tracking.jsonio import dumps_line, iter_jsonl, json_safe, read_json, write_json_atomic
+from seo_dist.tracking.artifacts import copy_artifact, snapshot_code
+from seo_dist.tracking.end_record import (
+    append_rank_event,
+    end_level,
+    outcome_fields,
+    profiler_summary,
+    signals_deferred,
+)
+from seo_dist.tracking.experiment_dir import default_experiment_id, make_experiment_dir
+from seo_dist.tracking.jsonio import iter_jsonl, json_safe, read_json, write_json_atomic
 from seo_dist.tracking.layout import ExperimentLayout
 from seo_dist.tracking.lock import HEARTBEAT_INTERVAL_S, STALE_AFTER_S, ExperimentLock
-from seo_dist.tracking.logger import ExperimentLogger, Level, default_level, describe_error
+from seo_dist.tracking.logger import ExperimentLogger, default_level, describe_error
 from seo_dist.tracking.metrics import MetricsTracker
 from seo_dist.tracking.signals import TrainingInterrupted
-from seo_dist.tracking.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, truncate_metrics_file
-from seo_dist.tracking.snapshot import create_code_snapshot
+from seo_dist.tracking.sink_setup import build_sinks, lazy_sinks
+from seo_dist.tracking.sinks import truncate_metrics_file
+from seo_dist.tracking.start_record import RUNNING, record_git, resolved_config, start_metadata, wandb_metadata
+
+__all__ = ["RUNNING", "STATUSES", "ExperimentTracker", "default_experiment_id"]
 
 STATUSES = ("completed", "failed", "interrupted")
-RUNNING = "running"
-_MB = 1024 * 1024
-
-
-def _now_iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def default_experiment_id(t: float | None = None) -> str:
-    """The brief's default, ``exp_<unix time>``."""
-    return f"exp_{int(time.time() if t is None else t)}"
-
-
-def _wandb_run_id(experiment_id: str) -> str:
-    """A wandb id from the experiment id plus a random suffix (two base dirs may reuse an experiment id)."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", experiment_id)[:50]
-    return f"{safe}-{secrets.token_hex(4)}"
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Block SIGTERM/SIGINT on the main thread for the duration (no-op on other threads)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class ExperimentTracker:
-    """Tracks one experiment (the brief's ``ExperimentTracker``); see the module docstring for rank behaviour.
+    """Tracks one experiment; see the module docstring for rank behaviour.
 
     ``job_config`` gives the resolved config and ``config_hash``; without it (a standalone script)
     ``hparams`` - any JSON-able mapping of the settings that determine results - is saved and hashed.
@@ -165,7 +140,7 @@ class ExperimentTracker:
         base = Path(self.config.base_dir).expanduser()
         if not self.config.tracking_enabled:
             return base.absolute() / (self.config.experiment_id or default_experiment_id(self._start_time))
-        exp_dir = self._make_experiment_dir(base, resume)
+        exp_dir = make_experiment_dir(base, self.config.experiment_id, resume=resume, start_time=self._start_time)
         layout = ExperimentLayout(exp_dir)
         lock = ExperimentLock(layout.lock, self.stale_lock_after_s)
         lock.acquire()
@@ -181,52 +156,6 @@ class ExperimentTracker:
         atexit.register(self._exit_without_end)
         return exp_dir
 
-    def _make_experiment_dir(self, base: Path, resume: bool) -> Path:
-        """The experiment directory, created atomically (``mkdir`` fails if another job made it first)."""
-        exp_id = self.config.experiment_id
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            if exp_id is None:
-                if resume:
-                    raise UserError(
-                        "resume needs experiment.experiment_id: the id of the experiment directory to continue"
-                    )
-                stem = default_experiment_id(self._start_time)
-                for n in range(1000):
-                    candidate = base / (stem if n == 0 else f"{stem}_{n}")
-                    try:
-                        candidate.mkdir()
-                        return candidate.absolute()
-                    except FileExistsError:
-                        continue
-                raise UserError(
-                    f"could not find a free experiment id like {stem!r} in {str(base)!r}; set experiment.experiment_id"
-                )
-            exp_dir = (base / exp_id).absolute()
-            if resume:
-                layout = ExperimentLayout(exp_dir)
-                if not (layout.is_experiment() or layout.checkpoints.is_dir()):  # checkpoints alone: tracking was off
-                    raise UserError(
-                        f"cannot resume: {str(exp_dir)!r} is not an experiment directory (no metadata.json or "
-                        f"checkpoints/); check experiment.base_dir and experiment.experiment_id"
-                    )
-                return exp_dir
-            try:
-                exp_dir.mkdir()
-            except FileExistsError:
-                if exp_dir.is_dir() and not any(exp_dir.iterdir()):
-                    return exp_dir  # an empty folder made in advance is fine
-                raise UserError(
-                    f"experiment directory {str(exp_dir)!r} already exists; choose another "
-                    f"experiment.experiment_id, or resume it"
-                ) from None
-            return exp_dir
-        except OSError as e:
-            raise UserError(
-                f"experiment.base_dir {str(base)!r} is not writable ({e.strerror or e}); "
-                f"set experiment.base_dir to a folder you can write"
-            ) from None
-
     def _abort_start(self) -> None:
         if self.logger is not None:
             self.logger.close()
@@ -235,35 +164,32 @@ class ExperimentTracker:
             self._lock.release()
             self._lock = None
 
-    def _resolved_config(self) -> tuple[dict[str, Any], str | None]:
-        experiment = dataclasses.replace(self.config, experiment_id=self.experiment_id)
-        if self.job_config is not None:
-            job = dataclasses.replace(self.job_config, experiment=experiment)
-            return job.to_dict(), self.job_config.config_hash()
-        config: dict[str, Any] = {"experiment": dataclasses.asdict(experiment)}
-        if self.hparams is not None:
-            config["hparams"] = json_safe(self.hparams)
-            return config, md.hash_mapping(config["hparams"])
-        return config, None
-
     def _write_start_files(
         self, resume: bool, resume_step: int | None, gathered: list[dict[str, Any]], launcher: str
     ) -> None:
         assert self.layout is not None and self.logger is not None
         layout, logger = self.layout, self.logger
-        config, config_hash = self._resolved_config()
+        config, config_hash = resolved_config(self.config, self.experiment_id, self.job_config, self.hparams)
         hosts = md.summarize_hosts(gathered)
         world = {"size": len(gathered), "nodes": len(hosts["hosts"]), "launcher": launcher}
         launch_id = dist.launch_id()
         if launch_id is not None:  # under torchrun: lets a restarted worker find this experiment
             world["launch_id"] = launch_id
         previous = read_json(layout.metadata) if resume and layout.metadata.is_file() else None
-        self._metadata = self._start_metadata(previous, config, config_hash, hosts, world, resume_step)
+        current = {"experiment_name": self.config.experiment_name, "experiment_id": self.experiment_id,
+                   "exp_dir": str(self.exp_dir), "command": list(sys.argv), "config": config,
+                   "config_hash": config_hash, "system": md.system_info(hosts), "world": world}  # fmt: skip
+        meta = self._metadata = start_metadata(previous, current, start_time=self._start_time, resume_step=resume_step)
+        if self.config.wandb != "disabled":
+            meta["wandb"] = wandb_metadata(previous, self.config, self.experiment_id or "exp", layout.wandb)
+        meta["git"] = self._best_effort("git_info_failed", lambda: record_git(layout))
         self._save_metadata()
         layout.config_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
         self._best_effort("requirements_failed", lambda: layout.requirements.write_text(md.requirements_text()))
-        if self.config.code_snapshot and not (previous and layout.code_snapshot.exists()):
-            self._best_effort("code_snapshot_failed", self._snapshot_code)  # a resume keeps the first snapshot
+        if self.config.code_snapshot and not (previous and layout.code_snapshot.exists()):  # a resume keeps the first
+            snapshot = self._best_effort("code_snapshot_failed", lambda: snapshot_code(layout, self.config, logger))
+            if snapshot is not None:
+                meta["code_snapshot"] = snapshot
         self._save_metadata()
         self._start_metrics(resume, resume_step, config)
 
@@ -281,66 +207,6 @@ class ExperimentTracker:
             logger.event("stale_lock_taken_over", "warning",
                          message=f"took over the lock left by {self._lock.took_over.describe()}")  # fmt: skip
 
-    def _start_metadata(
-        self,
-        previous: dict[str, Any] | None,
-        config: dict[str, Any],
-        config_hash: str | None,
-        hosts: dict[str, Any],
-        world: dict[str, Any],
-        resume_step: int | None,
-    ) -> dict[str, Any]:
-        """metadata.json at start; a resume keeps the first start time and wandb run id and appends to ``resumes``."""
-        meta: dict[str, Any] = dict(previous or {})
-        meta.update(
-            {
-                "schema_version": md.METADATA_SCHEMA_VERSION,
-                "experiment_name": self.config.experiment_name,
-                "experiment_id": self.experiment_id,
-                "status": RUNNING,
-                "error": None,
-                "traceback": None,
-                "end_time": None,
-                "end_timestamp": None,
-                "duration_s": None,
-                "summary": None,
-                "exp_dir": str(self.exp_dir),
-                "command": list(sys.argv),
-                "config": config,
-                "config_hash": config_hash,
-                "system": md.system_info(hosts),
-                "world": world,
-            }
-        )
-        if previous is None:
-            meta["start_time"], meta["start_timestamp"] = _now_iso(self._start_time), self._start_time
-            meta["resumes"] = []
-        else:
-            meta.setdefault("start_timestamp", self._start_time)
-            meta.setdefault("start_time", _now_iso(meta["start_timestamp"]))
-            meta.setdefault("resumes", []).append(
-                {
-                    "time": _now_iso(self._start_time),
-                    "timestamp": self._start_time,
-                    "resume_step": resume_step,
-                    "previous_status": previous.get("status"),
-                    "previous_config_hash": previous.get("config_hash"),
-                    "previous_git": previous.get("git"),
-                    "world": world,
-                }
-            )
-        if self.config.wandb != "disabled":
-            run_id = ((previous or {}).get("wandb") or {}).get("run_id") or _wandb_run_id(self.experiment_id or "exp")
-            meta["wandb"] = {"run_id": run_id, "mode": self.config.wandb, "project": self.config.wandb_project,
-                             "dir": str(self.layout.wandb if self.layout else "")}  # fmt: skip
-        try:
-            meta["git"] = self._record_git()
-        except Exception as e:
-            meta["git"] = None
-            assert self.logger is not None
-            self.logger.error("git_info_failed", e)
-        return meta
-
     def _start_metrics(self, resume: bool, resume_step: int | None, config: dict[str, Any]) -> None:
         """Drop rows after the resume step, then start the sink thread (seeded with the rows that remain)."""
         assert self.layout is not None and self.logger is not None
@@ -353,85 +219,22 @@ class ExperimentTracker:
                                       message=f"dropped {dropped} metric rows logged after step {resume_step}")  # fmt: skip
             seed_rows = list(iter_jsonl(self.layout.metrics))
         self.metrics = MetricsTracker(
-            self._build_sinks(resume_step),
+            build_sinks(self.layout, self.config, self.logger, resume_step),
             self.logger,
-            lazy_sinks=self._lazy_sinks(config),
+            lazy_sinks=lazy_sinks(self.layout, self.config, self._metadata.get("wandb"), config),
             seed_rows=seed_rows,
             heartbeat=self._lock.heartbeat if self._lock else None,
             heartbeat_interval_s=self.heartbeat_interval_s,
         )
 
-    def _record_git(self) -> dict[str, Any] | None:
-        assert self.layout is not None
-        root = md.git_root(Path.cwd())
-        if root is None:
-            import seo_dist
-
-            root = md.git_root(Path(seo_dist.__file__).resolve().parent)
-        if root is None:
-            return None
-        info = md.git_info(root)
-        if info.dirty and info.commit:
-            diff = md.git_diff(root)
-            if diff:
-                self.layout.git_diff.write_text(diff)
-        return dataclasses.asdict(info)
-
-    def _snapshot_code(self) -> None:
-        assert self.layout is not None
-        result = create_code_snapshot(
-            self.layout.code_snapshot,
-            int(self.config.code_snapshot_max_mb * _MB),
-            exclude=[Path(self.config.base_dir).expanduser(), self.layout.root],
-        )
-        self._metadata["code_snapshot"] = result.to_dict()
-        if result.truncated or result.skipped_large:
-            assert self.logger is not None
-            self.logger.event(
-                "code_snapshot_incomplete",
-                "warning",
-                skipped_large=result.skipped_large,
-                skipped_over_cap=result.skipped_over_cap,
-                message=f"code snapshot left out {len(result.skipped_large)} files over 1 MB and "
-                f"{result.skipped_over_cap} over the {self.config.code_snapshot_max_mb} MB cap",
-            )
-
-    def _build_sinks(self, resume_step: int | None) -> list[Sink]:
-        assert self.layout is not None and self.logger is not None
-        sinks: list[Sink] = [JsonlSink(self.layout.metrics)]
-        if self.config.tensorboard:
-            purge = resume_step + 1 if resume_step is not None else None
-            sinks.append(TensorBoardSink(self.layout.tensorboard, purge_step=purge))
-        sinks.append(ConsoleSink(self.logger, self.config.metrics_logging_interval, to_stdout=self.config.console))
-        return sinks
-
-    def _lazy_sinks(self, config: dict[str, Any]) -> list[Any]:
-        """Sinks that are slow to open (wandb: ~0.5 s) start on the sink thread, not in start_experiment."""
-        wandb_meta = self._metadata.get("wandb")
-        if self.config.wandb == "disabled" or not wandb_meta:
-            return []
-        assert self.layout is not None
-        layout = self.layout
-
-        def open_wandb() -> Sink:
-            return WandbSink(
-                layout.wandb_parent,
-                wandb_meta["run_id"],
-                self.config.wandb_project,
-                self.config.experiment_name,
-                self.config.wandb,
-                config,
-            )
-
-        open_wandb.sink_name = "wandb"  # type: ignore[attr-defined]
-        return [open_wandb]
-
-    def _best_effort(self, event: str, fn: Any) -> None:
+    def _best_effort(self, event: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, or None after logging its failure as ``event``: tracking extras never stop a job."""
         try:
-            fn()
+            return fn()
         except Exception as e:
             assert self.logger is not None
             self.logger.error(event, e)
+            return None
 
     def _save_metadata(self) -> None:
         assert self.layout is not None
@@ -464,42 +267,31 @@ class ExperimentTracker:
         if not self.is_writer:
             if status == "failed" and error is not None and self.layout is not None and self.config.tracking_enabled:
                 text, tb = describe_error(error)
-                self._write_rank_event(
-                    "rank_failed", "error", None, {"status": status, "message": text, "traceback": tb}
-                )
+                append_rank_event(self.layout.rank_events(self.rank), self.rank, "rank_failed", "error",
+                                  {"status": status, "message": text, "traceback": tb})  # fmt: skip
             return
         atexit.unregister(self._exit_without_end)
         assert self.logger is not None and self.layout is not None
         # A launcher that saw another rank fail sends SIGTERM to this one while it is recording the
         # outcome: hold signals until the record is on disk (they are delivered right after).
-        with _signals_deferred():
+        with signals_deferred():
             self._finish(status, error)
 
     def _finish(self, status: str, error: BaseException | str | None) -> None:
         assert self.logger is not None
-        text, tb = describe_error(error)
-        end = time.time()
         start = float(self._metadata.get("start_timestamp", self._start_time))
-        self._metadata.update(
-            {
-                "status": status,
-                "error": text,
-                "traceback": tb,
-                "end_time": _now_iso(end),
-                "end_timestamp": end,
-                "duration_s": round(end - start, 3),
-            }
-        )
+        outcome = outcome_fields(status, error, start)
+        self._metadata.update(outcome)
         try:
             self._save_metadata()  # the outcome first; draining the sinks below can take a while
             if self.metrics is not None:
                 self.metrics.close(exit_code=0 if status == "completed" else 1)  # drains the queue first
-            level: Level = "info" if status == "completed" else ("error" if status == "failed" else "warning")
             try:
-                self.logger.event("end", level, step=self._last_step(), status=status, message=text, traceback=tb)
+                self.logger.event("end", end_level(status), step=self._last_step(), status=status,
+                                  message=outcome["error"], traceback=outcome["traceback"])  # fmt: skip
             except Exception:
                 pass
-            profiling = self._profiler_summary()
+            profiling = profiler_summary(self.code_profiler, self.logger)
             self._metadata["summary"] = self.metrics.summary.to_dict() if self.metrics else None
             self._metadata["events"] = dict(self.logger.counts)
             if profiling is not None:
@@ -516,17 +308,6 @@ class ExperimentTracker:
 
     def _last_step(self) -> int | None:
         return self.metrics.summary.last_step if self.metrics is not None else None
-
-    def _profiler_summary(self) -> Any:
-        summary = getattr(self.code_profiler, "summary", None)
-        if not callable(summary):
-            return None
-        try:
-            return json_safe(summary())
-        except Exception as e:
-            assert self.logger is not None
-            self.logger.error("profiler_summary_failed", e)
-            return None
 
     @contextmanager
     def track(self, resume: bool = False, resume_step: int | None = None) -> Iterator[Path]:
@@ -573,42 +354,13 @@ class ExperimentTracker:
         if self.logger is not None:
             self.logger.event(name, level, step=step, **fields)  # type: ignore[arg-type]
         elif all_ranks and self.layout is not None and self._state == RUNNING and self.config.tracking_enabled:
-            self._write_rank_event(name, level, step, fields)
-
-    def _write_rank_event(self, name: str, level: str, step: int | None, fields: dict[str, Any]) -> None:
-        assert self.layout is not None
-        path = self.layout.rank_events(self.rank)
-        record = {
-            "time": time.time(),
-            "event": name,
-            "level": level,
-            "step": step,
-            "rank": self.rank,
-            "host": dist.hostname(),
-            **json_safe(fields),
-        }
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as f:
-                f.write(dumps_line(record))
-        except OSError:
-            pass
+            append_rank_event(self.layout.rank_events(self.rank), self.rank, name, level, {**fields, "step": step})
 
     def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> Path | None:
         """Copy a file or folder into ``artifacts/`` (rank 0; None elsewhere). Returns where it now lives."""
         if self.logger is None or self.layout is None:
             return None
-        src = Path(path)
-        if not src.exists():
-            raise UserError(f"log_artifact: {str(src)!r} does not exist; pass an existing file or folder")
-        dest = self.layout.artifacts / (name or src.name)
-        if src.resolve() != dest.resolve():
-            if src.is_dir():
-                shutil.copytree(src, dest, dirs_exist_ok=True)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest)
-        size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size
+        dest, size = copy_artifact(Path(path), self.layout, name)
         self.logger.event("artifact", artifact=dest.name, path=str(dest.relative_to(self.layout.root)), bytes=size)
         return dest
 

@@ -6,9 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from seo_dist.config import CheckpointConfig
 from seo_dist.errors import UserError
+from seo_dist.tracking.layout import ExperimentLayout
 
-DEFAULT_METRIC = "val/loss"
+DEFAULT_METRIC = CheckpointConfig().best_metric
+"""The metric marking the best checkpoint when neither index.json nor a manifest names one: the config default."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +33,7 @@ def human_bytes(n: float) -> str:
 
 
 def _tracked(index: dict[str, Any] | None, root: Path, committed: list[Any]) -> tuple[str, bool]:
-    """The best metric: from index.json, else from the newest manifest's config, else val/loss (minimised)."""
+    """The best metric: from index.json, else from the newest manifest's config, else the default (minimised)."""
     if index and isinstance(index.get("tracked"), dict) and index["tracked"]:
         metric, spec = next(iter(index["tracked"].items()))
         return metric, bool(spec.get("maximize", False)) if isinstance(spec, dict) else False
@@ -59,12 +62,8 @@ def run(args: argparse.Namespace) -> int:
     scan = scan_checkpoints(root)
     staging = sorted(p.name for p in root.iterdir() if p.name.endswith(STAGING_SUFFIX) and p.is_dir())
     if not scan.any and not staging:
-        if (
-            root == path
-            and not (path / "metadata.json").exists()
-            and not (path / LATEST).exists()
-            and not (path / INDEX).exists()
-        ):
+        is_checkpoints_root = (path / LATEST).exists() or (path / INDEX).exists()
+        if not ExperimentLayout(path).is_experiment() and not is_checkpoints_root:
             raise UserError(f"{path} is neither an experiment directory nor a checkpoints folder")
         print(f"no checkpoints under {root}")
         return 0

@@ -1,0 +1,50 @@
+"""Files copied into the experiment: ``artifacts/`` (``log_artifact``) and the code snapshot."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from seo_dist.config import ExperimentConfig
+from seo_dist.errors import UserError
+from seo_dist.tracking.layout import ExperimentLayout
+from seo_dist.tracking.logger import ExperimentLogger
+from seo_dist.tracking.snapshot import create_code_snapshot
+
+_MB = 1024 * 1024
+
+
+def copy_artifact(src: Path, layout: ExperimentLayout, name: str | None = None) -> tuple[Path, int]:
+    """Copy a file or folder into ``artifacts/`` (as ``name``, default its own name); ``(where it lives, bytes)``."""
+    if not src.exists():
+        raise UserError(f"log_artifact: {str(src)!r} does not exist; pass an existing file or folder")
+    dest = layout.artifacts / (name or src.name)
+    if src.resolve() != dest.resolve():
+        if src.is_dir():
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else dest.stat().st_size
+    return dest, size
+
+
+def snapshot_code(layout: ExperimentLayout, config: ExperimentConfig, logger: ExperimentLogger) -> dict[str, Any]:
+    """Copy the source that ran into ``code_snapshot/`` (capped); returns the ``code_snapshot`` metadata entry.
+    Files left out are reported as a ``code_snapshot_incomplete`` event."""
+    result = create_code_snapshot(
+        layout.code_snapshot,
+        int(config.code_snapshot_max_mb * _MB),
+        exclude=[Path(config.base_dir).expanduser(), layout.root],
+    )
+    if result.truncated or result.skipped_large:
+        logger.event(
+            "code_snapshot_incomplete",
+            "warning",
+            skipped_large=result.skipped_large,
+            skipped_over_cap=result.skipped_over_cap,
+            message=f"code snapshot left out {len(result.skipped_large)} files over 1 MB and "
+            f"{result.skipped_over_cap} over the {config.code_snapshot_max_mb} MB cap",
+        )
+    return result.to_dict()

@@ -1,0 +1,70 @@
+"""ZeRO stage 0 through the trainer, and resumes at another world size (stage 0 state is not partitioned):
+2 ranks save, 1 rank continues from step 8, then 2 ranks continue from the 1-rank run's step 12."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BIN, FAST, JobRun, free_port, job_env, read_jsonl, run_job
+
+STAGE0 = [*FAST, "deepspeed.zero_optimization.stage=0", "checkpoint.save_interval=4", "checkpoint.keep_last=4",
+          "experiment.code_snapshot=false", "experiment.wandb=disabled", "experiment.console=false"]  # fmt: skip
+MICRO_BATCH = 8  # configs/tiny_cpu.yaml
+
+
+def _resume_copy(src: Path, dst: Path, step: int, nproc: int, cache_dir: Path) -> subprocess.CompletedProcess:
+    """Copy the experiment ``src`` as it was after ``step`` (later checkpoints removed) and resume it with ``nproc`` ranks."""
+    shutil.copytree(src, dst)
+    for folder in (dst / "checkpoints").glob("step_*"):
+        if int(folder.name.split("_")[1]) > step:
+            shutil.rmtree(folder)
+    cmd = [str(BIN / "torchrun"), "--nproc-per-node", str(nproc), "--master-port", str(free_port()), "-m",
+           "seo_dist.train", "--resume", str(dst / "checkpoints" / f"step_{step:08d}")]  # fmt: skip
+    return subprocess.run(cmd, cwd=dst.parent.parent, env=job_env(cache_dir), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def stage0_runs(tmp_path_factory, cache_dir) -> dict[int, Path]:
+    """Experiment directories by the world size of their last run: 2 -> (1 from step 8) -> (2 from step 12)."""
+    tmp = tmp_path_factory.mktemp("stage0")
+    first = run_job(tmp, cache_dir, nproc=2, name="z0", overrides=STAGE0)
+    assert first.proc.returncode == 0, first.output[-6000:]
+    assert JobRun(first.proc, first.base_dir).final()[:2] == ("completed", 16)
+    base = first.base_dir
+    one = _resume_copy(base / "z0", base / "z0_one_rank", 8, 1, cache_dir)
+    assert one.returncode == 0, (one.stdout + one.stderr)[-6000:]
+    two = _resume_copy(base / "z0_one_rank", base / "z0_two_ranks", 12, 2, cache_dir)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-6000:]  # a rank without a saved state: TypeError before
+    return {2: base / "z0_two_ranks", 1: base / "z0_one_rank", 0: base / "z0"}
+
+
+def _manifest(exp: Path, step: int) -> dict:
+    return json.loads((exp / "checkpoints" / f"step_{step:08d}" / "manifest.json").read_text())
+
+
+def test_stage0_trains_and_saves_on_two_ranks(stage0_runs):
+    manifest = _manifest(stage0_runs[0], 16)
+    assert (manifest["zero_stage"], manifest["world_size"]) == (0, 2)
+    meta = json.loads((stage0_runs[0] / "metadata.json").read_text())
+    assert meta["status"] == "completed"
+
+
+@pytest.mark.parametrize(("world", "start", "previous"), [(1, 8, 2), (2, 12, 1)])
+def test_stage0_resume_at_another_world_size_continues_the_data_position(stage0_runs, world, start, previous):
+    exp = stage0_runs[world]
+    meta = json.loads((exp / "metadata.json").read_text())
+    assert meta["status"] == "completed" and meta["world"]["size"] == world
+    assert _manifest(exp, 16)["world_size"] == world
+    events = read_jsonl(exp / "logs" / "events.jsonl")
+    assert [e["step"] for e in events if e["event"] == "resumed"][-1] == start
+    moved = [e for e in events if e["event"] == "data_resharded"][-1]  # a copy keeps the earlier run's events
+    assert (moved["from_world_size"], moved["to_world_size"]) == (previous, world)
+    # every rank consumed the same micro-batches: the global sample position is kept exactly
+    assert moved["samples_in_epoch"] == moved["position"] * world * MICRO_BATCH and moved["exact"] is True
+    steps = [r["step"] for r in read_jsonl(exp / "metrics" / "metrics.jsonl") if "train/loss" in r]
+    assert steps == [4, 8, 12, 16]
