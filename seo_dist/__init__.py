@@ -1,7 +1,7 @@
 """seo_dist: train the SEO engine's language models across GPUs and nodes with DeepSpeed ZeRO,
 with rank-aware experiment tracking, sharded hash-validated checkpoints and per-step profiling.
 
-Public names (from the original brief) are imported lazily so that ``import seo_dist`` stays cheap.
+The public names below are imported lazily so that ``import seo_dist`` stays cheap.
 """
 
 from __future__ import annotations

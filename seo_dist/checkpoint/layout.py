@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from seo_dist.tracking.layout import CHECKPOINTS_DIR
+
 MANIFEST = "manifest.json"
 LATEST = "latest"
 INDEX = "index.json"
-CHECKPOINTS_SUBDIR = "checkpoints"
 STAGING_SUFFIX = ".tmp"
 """Any name ending in this is unfinished work: never loaded, removed by :func:`~.storage.sweep_abandoned`."""
 STEP_PREFIX = "step_"
@@ -60,5 +61,5 @@ def step_dirs(root: Path) -> list[Path]:
 
 def resolve_checkpoints_root(path: Path) -> Path:
     """The ``checkpoints/`` folder for an experiment directory or the folder itself."""
-    sub = path / CHECKPOINTS_SUBDIR
+    sub = path / CHECKPOINTS_DIR
     return sub if sub.is_dir() else path

@@ -23,18 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from seo_dist.checkpoint.errors import ManifestError
-from seo_dist.checkpoint.layout import CHECKPOINTS_SUBDIR, MANIFEST
+from seo_dist.checkpoint.layout import MANIFEST
 from seo_dist.checkpoint.manifest import read_manifest
 from seo_dist.errors import UserError
 from seo_dist.export.dtypes import DType
+from seo_dist.tracking.layout import ARTIFACTS_DIR, CHECKPOINTS_DIR, CONFIG_YAML, TOKENIZER_ARTIFACT
 
 HF_CONFIG_FILE = "hf_config.json"
 """The model's Hugging Face config, as ``model.config.to_json_file`` writes it, saved into each checkpoint."""
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
-JOB_CONFIG_FILE = "config.yaml"
-TOKENIZER_SUBDIR = "tokenizer"
-ARTIFACTS_TOKENIZER = ("artifacts", "tokenizer")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -56,7 +54,7 @@ GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_star
 def experiment_dir(checkpoint: Path) -> Path | None:
     """``<experiment>`` for ``<experiment>/checkpoints/step_X``, else None."""
     parent = checkpoint.resolve().parent
-    return parent.parent if parent.name == CHECKPOINTS_SUBDIR else None
+    return parent.parent if parent.name == CHECKPOINTS_DIR else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -92,12 +90,12 @@ def load_job_sections(checkpoint: Path) -> JobSections | None:
     except ManifestError:
         pass
     experiment = experiment_dir(checkpoint)
-    if not isinstance(raw, dict) and experiment is not None and (experiment / JOB_CONFIG_FILE).is_file():
+    if not isinstance(raw, dict) and experiment is not None and (experiment / CONFIG_YAML).is_file():
         import yaml
 
-        origin = str(experiment / JOB_CONFIG_FILE)
+        origin = str(experiment / CONFIG_YAML)
         try:
-            raw = yaml.safe_load((experiment / JOB_CONFIG_FILE).read_text())
+            raw = yaml.safe_load((experiment / CONFIG_YAML).read_text())
         except (OSError, yaml.YAMLError) as e:
             raise UserError(f"{origin}: unreadable ({e})") from None
     if not isinstance(raw, dict):
@@ -140,7 +138,7 @@ def find_hf_config(checkpoint: Path) -> tuple[dict[str, Any], str]:
         return _rebuild_hf_config(job), f"rebuilt from {job.origin}"
     raise UserError(
         f"no model config for {checkpoint}: expected {HF_CONFIG_FILE} in the checkpoint folder, a job "
-        f"config in its {MANIFEST}, or {JOB_CONFIG_FILE} in its experiment directory"
+        f"config in its {MANIFEST}, or {CONFIG_YAML} in its experiment directory"
     )
 
 
@@ -180,10 +178,10 @@ def _candidates(checkpoint: Path, explicit: Path | None) -> Iterator[tuple[Path,
     if explicit is not None:
         yield explicit, "--tokenizer"
     yield checkpoint, "checkpoint folder"
-    yield checkpoint / TOKENIZER_SUBDIR, "checkpoint folder"
+    yield checkpoint / TOKENIZER_ARTIFACT, "checkpoint folder"
     experiment = experiment_dir(checkpoint)
     if experiment is not None:
-        yield experiment.joinpath(*ARTIFACTS_TOKENIZER), "experiment artifacts"
+        yield experiment / ARTIFACTS_DIR / TOKENIZER_ARTIFACT, "experiment artifacts"
 
 
 @contextmanager

@@ -14,8 +14,8 @@ from seo_dist.checkpoint.layout import MANIFEST, resolve_checkpoints_root
 from seo_dist.checkpoint.retention import best_checkpoint
 from seo_dist.errors import UserError
 from seo_dist.export.errors import CorruptCheckpointError, NotACheckpointError
-from seo_dist.export.hf_files import JOB_CONFIG_FILE
 from seo_dist.export.readers import find_reader
+from seo_dist.tracking.layout import CONFIG_YAML
 
 DEFAULT_BEST_METRIC = ("val/loss", False)
 """Metric and maximize flag when neither index.json nor config.yaml says which metric ranks checkpoints."""
@@ -43,7 +43,7 @@ def _best_metric_from_config(root: Path) -> tuple[str, bool]:
     import yaml
 
     try:
-        raw: Any = yaml.safe_load((root.parent / JOB_CONFIG_FILE).read_text())
+        raw: Any = yaml.safe_load((root.parent / CONFIG_YAML).read_text())
         section = raw["checkpoint"]
         return str(section.get("best_metric", DEFAULT_BEST_METRIC[0])), bool(section.get("maximize", False))
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):

@@ -10,11 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seo_dist.fileio import atomic_write_json
-
-write_json_atomic = atomic_write_json
-"""Alias of :func:`seo_dist.fileio.atomic_write_json`, kept for compatibility."""
-
 
 def read_json(path: Path) -> Any:
     with open(path) as f:

@@ -1,4 +1,4 @@
-"""File names of the experiment directory (DESIGN.md section 3), in one place.
+"""File names of the experiment directory, in one place.
 
 The names inside ``checkpoints/`` belong to :mod:`seo_dist.checkpoint.layout`.
 """

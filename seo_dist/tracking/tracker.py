@@ -23,6 +23,7 @@ import yaml
 from seo_dist import dist
 from seo_dist.config import ExperimentConfig, JobConfig
 from seo_dist.errors import UserError
+from seo_dist.fileio import atomic_write_json
 from seo_dist.tracking import metadata as md
 from seo_dist.tracking.artifacts import copy_artifact, snapshot_code
 from seo_dist.tracking.end_record import (
@@ -33,7 +34,7 @@ from seo_dist.tracking.end_record import (
     signals_deferred,
 )
 from seo_dist.tracking.experiment_dir import default_experiment_id, make_experiment_dir
-from seo_dist.tracking.jsonio import iter_jsonl, json_safe, read_json, write_json_atomic
+from seo_dist.tracking.jsonio import iter_jsonl, json_safe, read_json
 from seo_dist.tracking.layout import ExperimentLayout
 from seo_dist.tracking.lock import HEARTBEAT_INTERVAL_S, STALE_AFTER_S, ExperimentLock
 from seo_dist.tracking.logger import ExperimentLogger, default_level, describe_error
@@ -238,7 +239,7 @@ class ExperimentTracker:
 
     def _save_metadata(self) -> None:
         assert self.layout is not None
-        write_json_atomic(self.layout.metadata, json_safe(self._metadata))
+        atomic_write_json(self.layout.metadata, json_safe(self._metadata))
 
     def set_resume_step(self, step: int) -> None:
         """Drop metric rows logged after ``step`` (once the resumed checkpoint's step is known)."""
