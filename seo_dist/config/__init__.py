@@ -9,6 +9,8 @@ value types, :mod:`.problems` turns errors into one line). :mod:`.reference` gen
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from seo_dist._lazy import lazy_getattr
 from seo_dist.config.checkpoint import DEFAULT_BEST_METRIC, CheckpointConfig, CheckpointStrategy
 from seo_dist.config.load import RECORDED_METRICS, build_config, load_config, parse_override, save_config, set_dotted
@@ -21,6 +23,17 @@ from seo_dist.config.sections import (
     ProfilingConfig,
     TrainConfig,
 )
+
+if TYPE_CHECKING:
+    from seo_dist.engine.ds_config import (
+        DS_ACCUM,
+        DS_GLOBAL,
+        DS_MICRO,
+        known_deepspeed_keys,
+        resolve_deepspeed,
+        validate_deepspeed,
+        zero_stage,
+    )
 
 _DEEPSPEED = {
     name: "seo_dist.engine.ds_config"
@@ -52,7 +65,13 @@ __all__ = [
     "parse_override",
     "save_config",
     "set_dotted",
-    *_DEEPSPEED,
+    "DS_ACCUM",
+    "DS_GLOBAL",
+    "DS_MICRO",
+    "known_deepspeed_keys",
+    "resolve_deepspeed",
+    "validate_deepspeed",
+    "zero_stage",
 ]
 
 __getattr__ = lazy_getattr(__name__, _DEEPSPEED)

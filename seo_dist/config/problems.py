@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from seo_dist.config.scalars import BOUND_ERRORS, bound_message
 
@@ -46,11 +47,13 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def dotted(loc: Loc) -> str:
-    """``('checkpoint', 'pinned', 0)`` -> ``checkpoint.pinned[0]``."""
+def dotted(loc: Sequence[int | str]) -> str:
+    """``('checkpoint', 'pinned', 0)`` -> ``checkpoint.pinned[0]``; a key with a newline or tab is quoted, so that
+    the message stays one line."""
     key = ""
     for part in loc:
-        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+        name = part if isinstance(part, int) or part.isprintable() else repr(part)
+        key += f"[{name}]" if isinstance(part, int) else f".{name}" if key else str(name)
     return key
 
 
@@ -71,13 +74,14 @@ def _type_at(root: type, loc: Loc) -> Any:
     return tp
 
 
-def _describe(root: type, err: Any) -> str:
+def _describe(root: type, err: ErrorDetails) -> str:
     loc: Loc = tuple(err["loc"])
-    key, kind, value, ctx = dotted(loc), err["type"], err.get("input"), err.get("ctx") or {}
+    key, kind, value, ctx = dotted(loc), err["type"], err["input"], err.get("ctx") or {}
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         owner = _type_at(root, loc[:-1])
         names = [f.name for f in dataclasses.fields(owner)] if dataclasses.is_dataclass(owner) else []
-        return unknown_key(key, str(loc[-1]), names, getattr(owner, "KEY_ALIASES", None))
+        plain = ".".join(str(part) for part in loc)  # quoted by unknown_key
+        return unknown_key(plain, str(loc[-1]), names, getattr(owner, "KEY_ALIASES", None))
     if kind in ("dataclass_type", "dataclass_exact_type"):
         return f"{key}: expected a mapping, got {value!r}"
     if kind in BOUND_ERRORS:

@@ -10,7 +10,7 @@ import copy
 import importlib
 from typing import Any
 
-from seo_dist.config.problems import unknown_key
+from seo_dist.config.problems import dotted, unknown_key
 from seo_dist.config.sections import JobConfig
 from seo_dist.errors import ConfigError
 
@@ -97,8 +97,7 @@ def _validate_with_deepspeed_models(ds: dict[str, Any]) -> list[str]:
         DeepSpeedZeroConfig(**ds.get("zero_optimization", {}))
     except ValidationError as e:
         for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            problems.append(f"deepspeed.zero_optimization.{loc}: {err['msg']}")
+            problems.append(f"{dotted(('deepspeed', 'zero_optimization', *err['loc']))}: {err['msg']}")
     known = known_deepspeed_keys()
     for key in sorted(set(ds) - known):
         problems.append(unknown_key(f"deepspeed.{key}", key, sorted(known)))
