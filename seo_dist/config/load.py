@@ -142,7 +142,9 @@ def _job_problems(job: JobConfig) -> list[str]:
     """What a type cannot express: files, names, ``model.config`` keys, the DeepSpeed section, the best metric."""
     from seo_dist.engine.ds_config import validate_deepspeed
 
-    problems = [p for section in (job.experiment, job.model, job.data) for p in section.validate()]
+    problems = [
+        p for section in (job.experiment, job.model, job.data, job.train, job.profiling) for p in section.validate()
+    ]
     problems.extend(validate_deepspeed(job.deepspeed))
     best = job.checkpoint.best_metric
     if best not in RECORDED_METRICS:

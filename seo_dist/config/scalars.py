@@ -4,13 +4,15 @@ Scalars are strict: a bool is not an int, ``"5"`` is not an int and ``1`` is not
 exception is a float: an int is accepted, and so is a numeric string, because PyYAML reads ``3e-4``
 (no dot) as the string ``"3e-4"``. NaN and infinity are rejected. Ranges are ``annotated_types``
 constraints (``Annotated[int, Ge(1)]``), which pydantic enforces when a config is loaded and
-:func:`range_problems` enforces when a config class is built directly in Python.
+:func:`range_problems` enforces on a config built in Python (a section's ``validate()``, and
+``CheckpointConfig``'s constructor, as checkpoint managers take it on its own).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import operator
+import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -51,14 +53,17 @@ def bound_message(key: str, op: str, bound: Any, value: Any) -> str:
     return f"{key} must be {op} {bound}, got {value!r}"
 
 
-def _constraints(cls: type) -> dict[str, list[Any]]:
-    """``{field: [Ge(2), ...]}`` read from the ``Annotated`` field types of a config dataclass."""
+def _constraints(cls: type) -> dict[str, tuple[Any, ...]]:
+    """``{field: (Ge(2), ...)}`` read from the ``Annotated`` field types (``X | None`` too) of a config dataclass."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    return {
-        f.name: list(typing.get_args(hints[f.name])[1:])
-        for f in dataclasses.fields(cls)
-        if typing.get_origin(hints[f.name]) is Annotated
-    }
+    found = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if typing.get_origin(hint) is Annotated:
+            found[f.name] = typing.get_args(hint)[1:]
+    return found
 
 
 def range_problems(config: object, section: str, spelled: dict[str, str] | None = None) -> list[str]:
@@ -69,6 +74,8 @@ def range_problems(config: object, section: str, spelled: dict[str, str] | None 
     problems = []
     for name, constraints in _constraints(type(config)).items():
         value = getattr(config, name)
+        if value is None:
+            continue
         key = f"{section}.{(spelled or {}).get(name, name)}"
         for c in constraints:
             if isinstance(c, MinLen) and len(value) < c.min_length:

@@ -1,8 +1,9 @@
 """The job's config sections: one small dataclass per component, a docstring per field.
 
 Field types carry their ranges (``Annotated[int, Ge(1)]``), which loading checks with pydantic
-(:mod:`seo_dist.config.load`); ``validate()`` holds the checks a type cannot express (files that must
-exist, names that must be plain folder names, ``model.config`` keys of the chosen architecture).
+(:mod:`seo_dist.config.load`). ``validate()`` returns every problem of a section built in Python (the
+tracker takes an ``ExperimentConfig`` on its own): the ranges again, and what a type cannot express
+(files that must exist, plain folder names, ``model.config`` keys of the chosen architecture).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from annotated_types import Ge, Gt, Le, Lt
 
 from seo_dist.config.checkpoint import CheckpointConfig
 from seo_dist.config.problems import unknown_key
-from seo_dist.config.scalars import STRICT_KEYS, Bool, Float, Int, Str
+from seo_dist.config.scalars import STRICT_KEYS, Bool, Float, Int, Str, range_problems
 
 Positive = Annotated[Int, Ge(1)]
 NonNegative = Annotated[Int, Ge(0)]
@@ -59,7 +60,7 @@ class ExperimentConfig:
     __pydantic_config__ = STRICT_KEYS
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = range_problems(self, "experiment")
         if self.experiment_id is not None and (
             not self.experiment_id
             or "/" in self.experiment_id
@@ -90,7 +91,7 @@ class ModelConfig:
     def validate(self) -> list[str]:
         if self.pretrained is not None and not Path(self.pretrained).is_dir():
             return [f"model.pretrained: directory {self.pretrained!r} does not exist; give a local model folder"]
-        return _validate_hf_config(self.arch, self.config)
+        return range_problems(self, "model") + _validate_hf_config(self.arch, self.config)
 
 
 def _validate_hf_config(arch: str, fields: dict[str, Any]) -> list[str]:
@@ -122,7 +123,7 @@ class DataConfig:
     __pydantic_config__ = STRICT_KEYS
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = range_problems(self, "data")
         if self.corpus is not None and not Path(self.corpus).is_file():
             problems.append(f"data.corpus: file {self.corpus!r} does not exist")
         if self.tokenizer is not None and not Path(self.tokenizer).is_dir():
@@ -167,6 +168,9 @@ class TrainConfig:
 
     __pydantic_config__ = STRICT_KEYS
 
+    def validate(self) -> list[str]:
+        return range_problems(self, "train")
+
 
 @dataclass(kw_only=True, slots=True)
 class ProfilingConfig:
@@ -188,6 +192,9 @@ class ProfilingConfig:
     """Peak dense bf16 TFLOPs of one device for MFU; default from a table of known GPUs."""
 
     __pydantic_config__ = STRICT_KEYS
+
+    def validate(self) -> list[str]:
+        return range_problems(self, "profiling")
 
 
 @dataclass(kw_only=True, slots=True)
