@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from seo_dist._lazy import lazy_getattr
 from seo_dist.config.checkpoint import DEFAULT_BEST_METRIC, CheckpointConfig, CheckpointStrategy
 from seo_dist.config.load import RECORDED_METRICS, build_config, load_config, parse_override, save_config, set_dotted
+from seo_dist.config.reference import reference_markdown
 from seo_dist.config.sections import (
     SECTIONS,
     DataConfig,
@@ -63,6 +64,7 @@ __all__ = [
     "build_config",
     "load_config",
     "parse_override",
+    "reference_markdown",
     "save_config",
     "set_dotted",
     "DS_ACCUM",
