@@ -23,6 +23,7 @@ setup(
         "nvidia-ml-py>=12",
         "psutil>=5.9",
         "pyyaml>=6",
+        "pydantic>=2",
         "tqdm>=4.66",
         "numpy>=1.24",
         "xxhash>=3.4",

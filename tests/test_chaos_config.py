@@ -11,6 +11,7 @@ derandomised: CI runs a fixed sample, ``pytest -m chaos`` many more.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -126,7 +127,7 @@ def check_valid(job: JobConfig) -> None:
     assert len(job.config_hash()) == 64
     yaml.safe_dump(job.to_dict(), sort_keys=False)
     for section in ("train", "data", "checkpoint", "profiling", "experiment"):
-        for key, value in vars(getattr(job, section)).items():
+        for key, value in dataclasses.asdict(getattr(job, section)).items():
             if isinstance(value, float):
                 assert math.isfinite(value), f"{section}.{key}={value} accepted"
 

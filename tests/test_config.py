@@ -6,10 +6,23 @@ import json
 import subprocess
 
 import pytest
-import yaml
 from conftest import CONFIGS, PYTHON, REPO, job_env
 
-from seo_dist.config import build_config, load_config, resolve_deepspeed, zero_stage
+from seo_dist.checkpoint import CheckpointStrategy
+from seo_dist.config import (
+    CheckpointConfig,
+    DataConfig,
+    ExperimentConfig,
+    JobConfig,
+    ModelConfig,
+    ProfilingConfig,
+    TrainConfig,
+    build_config,
+    load_config,
+    resolve_deepspeed,
+    zero_stage,
+)
+from seo_dist.config.reference import reference_markdown
 from seo_dist.errors import ConfigError
 from seo_dist.train import main as train_main
 
@@ -69,6 +82,107 @@ def test_config_hash_ignores_identity_and_tracks_results():
         assert build_config({}, [override]).config_hash() != base.config_hash(), override
 
 
+@pytest.mark.parametrize(
+    "cls", [ExperimentConfig, ModelConfig, DataConfig, TrainConfig, CheckpointConfig, ProfilingConfig, JobConfig]
+)
+def test_a_misspelt_attribute_raises_instead_of_being_ignored(cls):
+    with pytest.raises(AttributeError):
+        cls().lrr = 1
+    assert not hasattr(cls(), "__dict__")
+
+
+def test_checkpoint_strategy_is_the_checkpoint_config_with_its_old_names():
+    import seo_dist
+    from seo_dist.checkpoint.strategy import CheckpointStrategy as from_module
+
+    assert CheckpointStrategy is CheckpointConfig is seo_dist.CheckpointStrategy is from_module
+    assert CheckpointStrategy(500).save_interval == 500  # positional, as before
+    s = CheckpointStrategy(save_interval=500, max_checkpoints=5, save_latest=False, save_best=True, cleanup_old=False)
+    assert (s.keep_last, s.save_final, s.keep_best, s.cleanup_old) == (5, False, 1, False)
+    assert (s.max_checkpoints, s.save_latest, s.save_best, s.effective_keep_best) == (5, False, True, 1)
+    assert CheckpointStrategy(save_best=False).keep_best == 0 and not CheckpointStrategy(keep_best=0).save_best
+    assert CheckpointStrategy(save_best=True, keep_best=2).keep_best == 2
+    assert CheckpointStrategy(max_checkpoints=4, keep_last=4).keep_last == 4  # the same value twice is fine
+    # one set of defaults: the job's checkpoint section
+    assert CheckpointStrategy() == build_config({}).checkpoint
+    assert CheckpointStrategy.from_config(s) == s and CheckpointStrategy.from_config(s) is not s
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_checkpoints": 5, "keep_last": 4}, "checkpoint.max_checkpoints=5 conflicts with checkpoint.keep_last=4"),
+        (
+            {"save_latest": True, "save_final": False},
+            "checkpoint.save_latest=True conflicts with checkpoint.save_final",
+        ),
+        ({"save_best": False, "keep_best": 2}, "checkpoint.save_best=False conflicts with checkpoint.keep_best=2"),
+        ({"save_best": True, "keep_best": 0}, "checkpoint.save_best=True conflicts with checkpoint.keep_best=0"),
+        ({"max_checkpoints": 1}, "checkpoint.max_checkpoints must be >= 2, got 1"),
+        ({"keep_last": 1}, "checkpoint.keep_last must be >= 2, got 1"),
+        ({"save_interval": -1, "keep_best": -1}, "save_interval must be >= 0, got -1; checkpoint.keep_best must be"),
+    ],
+)
+def test_checkpoint_strategy_rejects_conflicting_aliases_and_bad_ranges(kwargs, message):
+    with pytest.raises(ConfigError) as caught:
+        CheckpointStrategy(**kwargs)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_errors_found_by_pydantic_are_one_line_with_key_path_and_suggestion():
+    raw = {
+        "train": {"lrr": 1, "max_steps": True, "lr": "3e-4", "seq_len": 0, "on_nan": "x", "grad_clip": float("inf")},
+        "checkpoint": {"keep_lst": 3, "pinned": [1, "a"], "max_checkpoints": 4},
+        "profiling": {"peak_tflops": "fast"},
+        "experiment": {"experiment_id": 5},
+        "data": [1],
+        "trian": {},
+    }
+    with pytest.raises(ConfigError) as caught:
+        build_config(raw)
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in [
+        "unknown config key 'train.lrr' (did you mean 'train.lr'?)",
+        "train.max_steps: expected int, got True (bool)",  # a bool is not an int
+        "train.seq_len must be >= 1, got 0",
+        "train.on_nan: expected one of 'stop' | 'skip', got 'x'",
+        "train.grad_clip: expected a finite number, got inf",
+        "unknown config key 'checkpoint.keep_lst' (did you mean 'checkpoint.keep_last'?)",
+        "unknown config key 'checkpoint.max_checkpoints' (did you mean 'checkpoint.keep_last'?)",
+        "checkpoint.pinned[1]: expected int, got 'a' (str)",
+        "profiling.peak_tflops: expected float or null, got 'fast' (str)",
+        "experiment.experiment_id: expected str or null, got 5 (int)",
+        "data: expected a mapping, got [1]",
+        "unknown config key 'trian' (did you mean 'train'?)",
+    ]:
+        assert part in message, (part, message)
+    assert "train.lr:" not in message  # YAML's 3e-4 (a string to PyYAML) is a float
+
+
+def test_yaml_scalars_floats_and_sections_without_keys():
+    job = build_config({"train": {"lr": "3e-4", "grad_clip": 2, "min_lr_ratio": 0}, "profiling": None})
+    assert job.train.lr == pytest.approx(3e-4) and isinstance(job.train.grad_clip, float)
+    assert job.profiling == ProfilingConfig()
+    assert build_config({"checkpoint": {"pinned": [9, 3, 9]}}).checkpoint.pinned == [3, 9]
+    for bad in ("nan", ".inf", float("nan"), True):
+        with pytest.raises(ConfigError, match="train.lr"):
+            build_config({"train": {"lr": bad}})
+
+
+def test_best_metric_the_trainer_does_not_record_is_rejected():
+    """The trainer records train/loss at every save and measures val/loss for it; any other metric
+    would never be recorded, so keep_best would keep nothing useful: one line naming key, value and choices."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({"checkpoint": {"best_metric": "val/acc"}})
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in ("checkpoint.best_metric", "'val/acc'", "'val/loss'", "'train/loss'"):
+        assert part in message, message
+    for recorded in ("val/loss", "train/loss"):
+        assert build_config({"checkpoint": {"best_metric": recorded}}).checkpoint.best_metric == recorded
+
+
 BAD_INPUTS = {
     "unknown section": (["--set", "trian.lr=1"], "unknown config key 'trian'"),
     "unknown key": (["--set", "train.lrr=1"], "did you mean 'train.lr'"),
@@ -89,6 +203,7 @@ BAD_INPUTS = {
     "seq_len over model limit": (["--set", "train.seq_len=4096"], "exceeds the model's n_positions"),
     "keep_last below 2": (["--set", "checkpoint.keep_last=1"], "checkpoint.keep_last must be >= 2"),
     "bad override syntax": (["--set", "train.lr"], "expected KEY=VALUE"),
+    "best metric the trainer never records": (["--set", "checkpoint.best_metric=val/acc"], "checkpoint.best_metric"),
 }
 
 
@@ -150,8 +265,9 @@ def test_cli_subprocess_reports_one_line_without_traceback(tmp_path, cache_dir):
 
 
 def test_yaml_reference_in_readme_names_every_key():
-    """README's config reference lists every key of every section (kept honest by this test)."""
+    """README's config reference is the generated table, and it lists every key of every section."""
     readme = (REPO / "README.md").read_text()
+    assert reference_markdown() in readme, "README config reference is stale: paste `python -m seo_dist.config`"
     job = build_config({})
     for section, values in job.to_dict().items():
         if section == "deepspeed":
@@ -173,4 +289,3 @@ def test_python_module_entry_accepts_local_rank_argument(tmp_path, cache_dir):
     assert proc.returncode == 2
     assert "x.yaml' does not exist" in proc.stderr
     assert "unrecognized" not in proc.stderr
-    assert yaml.safe_load("a: 1") == {"a": 1}
