@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from seo_dist import dist
-from seo_dist.config import JobConfig, resolve_deepspeed
+from seo_dist.config import TRAIN_LOSS, VAL_LOSS, JobConfig, resolve_deepspeed
 from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
 from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.errors import ConfigError
@@ -34,9 +34,6 @@ from seo_dist.training.stop import StopFlag
 __all__ = ["MAX_CONSECUTIVE_NON_FINITE", "NonFiniteLossError", "SEOTrainer", "TrainResult", "resume_experiment_dir"]
 
 log = logging.getLogger(__name__)
-
-VAL_LOSS = "val/loss"
-"""The metric validation reports, and the only ``checkpoint.best_metric`` the trainer measures itself."""
 
 
 @dataclass
@@ -325,17 +322,17 @@ class SEOTrainer:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
                 metrics = {
-                    "train/loss": window_loss / window_steps,
+                    TRAIN_LOSS: window_loss / window_steps,
                     "train/lr": self.lr_scheduler.get_last_lr()[0],
                     "train/tokens_seen": float(self.tokens_seen),
                     **self.profiler.collect(self.step),
                 }
                 self._log(metrics, result)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                bar.set_postfix(loss=f"{metrics[TRAIN_LOSS]:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             bar.update(1)
             last = self.step == t.max_steps or stop
-            step_metrics = {"train/loss": loss}
+            step_metrics = {TRAIN_LOSS: loss}
             if not last and t.eval_interval and self.step % t.eval_interval == 0:
                 step_metrics[VAL_LOSS] = self.evaluate()
                 self._log({VAL_LOSS: step_metrics[VAL_LOSS]}, result)

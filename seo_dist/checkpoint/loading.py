@@ -24,6 +24,7 @@ from seo_dist.checkpoint.layout import TORCH_STATE_FILE, rank_state_file
 from seo_dist.checkpoint.manifest import Manifest, read_manifest
 from seo_dist.checkpoint.selection import load_candidates
 from seo_dist.checkpoint.verify import extra_files, verify_files
+from seo_dist.config.checkpoint import DEFAULT_BEST_METRIC
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -37,7 +38,7 @@ class LoadRequest:
 
     which: str | Path = "latest"
     """``latest``, ``best`` or a path (a checkpoint folder, a checkpoints root or an experiment directory)."""
-    metric: str = "val/loss"
+    metric: str = DEFAULT_BEST_METRIC
     maximize: bool = False
     """The ranking for ``best``."""
     load_optimizer_states: bool = True

@@ -13,6 +13,7 @@ verification, RNG restore, config diff), :mod:`.backend` (what is saved: DeepSpe
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -30,26 +31,25 @@ from seo_dist.checkpoint.loading import CheckpointLoader, ConfigStamp, LoadReque
 from seo_dist.checkpoint.retention import CheckpointInfo, best_checkpoint
 from seo_dist.checkpoint.root_keeper import RetentionPolicy, RootKeeper
 from seo_dist.checkpoint.saving import SavePipeline, SaveRequest, SaveStats
-from seo_dist.checkpoint.strategy import CheckpointStrategy
 from seo_dist.checkpoint.verify import VERIFY_MODES
+from seo_dist.config.checkpoint import CheckpointConfig
 
 if TYPE_CHECKING:
     import torch
     from torch.distributed import ProcessGroup
 
     from seo_dist.checkpoint.torch_backend import Stateful
-    from seo_dist.config import CheckpointConfig
 
 log = logging.getLogger(__name__)
 
 ON_ERROR_MODES = ("raise", "warn")
 
 
-def _retention_policy(strategy: CheckpointStrategy, *, disk_headroom: float, prune_for_space: bool) -> RetentionPolicy:
+def _retention_policy(strategy: CheckpointConfig, *, disk_headroom: float, prune_for_space: bool) -> RetentionPolicy:
     """The one place that reads the strategy's retention fields."""
     return RetentionPolicy(
-        keep_last=strategy.max_checkpoints,
-        keep_best=strategy.effective_keep_best,
+        keep_last=strategy.keep_last,
+        keep_best=strategy.keep_best,
         cleanup=strategy.cleanup_old,
         disk_headroom=disk_headroom,
         prune_for_space=prune_for_space,
@@ -89,7 +89,7 @@ class CheckpointManager:
     def __init__(
         self,
         checkpoint_dir: str | Path,
-        strategy: CheckpointStrategy | None = None,
+        strategy: CheckpointConfig | None = None,
         *,
         hash_algorithm: str = DEFAULT_ALGORITHM,
         verify_on_load: str = "full",
@@ -113,7 +113,7 @@ class CheckpointManager:
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
         self.root = Path(checkpoint_dir)
-        self.strategy = strategy if strategy is not None else CheckpointStrategy()
+        self.strategy = strategy if strategy is not None else CheckpointConfig()
         self.hash_algorithm = hash_algorithm
         self.verify_on_load = verify_on_load
         self.async_save = async_save
@@ -158,7 +158,7 @@ class CheckpointManager:
         kwargs.setdefault("verify_on_load", cfg.verify_on_load)
         kwargs.setdefault("async_save", cfg.async_save)
         kwargs.setdefault("on_error", cfg.on_error)
-        return cls(checkpoint_dir, CheckpointStrategy.from_config(cfg), **kwargs)
+        return cls(checkpoint_dir, dataclasses.replace(cfg), **kwargs)
 
     # ------------------------------------------------------------------ state (local, no collectives)
 

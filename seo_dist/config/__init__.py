@@ -12,8 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from seo_dist._lazy import lazy_getattr
-from seo_dist.config.checkpoint import DEFAULT_BEST_METRIC, CheckpointConfig, CheckpointStrategy
-from seo_dist.config.load import RECORDED_METRICS, build_config, load_config, parse_override, save_config, set_dotted
+from seo_dist.config.checkpoint import (
+    DEFAULT_BEST_METRIC,
+    RECORDED_METRICS,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    CheckpointConfig,
+    CheckpointStrategy,
+)
+from seo_dist.config.load import build_config, load_config, parse_override, save_config, set_dotted
 from seo_dist.config.reference import reference_markdown
 from seo_dist.config.sections import (
     SECTIONS,
@@ -52,6 +59,8 @@ _DEEPSPEED = {
 __all__ = [
     "DEFAULT_BEST_METRIC",
     "RECORDED_METRICS",
+    "TRAIN_LOSS",
+    "VAL_LOSS",
     "SECTIONS",
     "CheckpointConfig",
     "CheckpointStrategy",

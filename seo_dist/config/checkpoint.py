@@ -20,7 +20,13 @@ from annotated_types import Ge, MinLen
 from seo_dist.config.scalars import STRICT_KEYS, Bool, Int, Str, range_problems
 from seo_dist.errors import ConfigError
 
-DEFAULT_BEST_METRIC = "val/loss"
+VAL_LOSS = "val/loss"
+"""The metric validation reports."""
+TRAIN_LOSS = "train/loss"
+"""The training loss, logged and recorded with every checkpoint."""
+DEFAULT_BEST_METRIC = VAL_LOSS
+RECORDED_METRICS = (VAL_LOSS, TRAIN_LOSS)
+"""Metrics the trainer records with every checkpoint it saves (``val/loss`` is measured for a save that lacks it)."""
 SECTION = "checkpoint"
 
 # alias keyword -> the field it sets

@@ -15,16 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from seo_dist.config.checkpoint import DEFAULT_BEST_METRIC
+from seo_dist.config.checkpoint import RECORDED_METRICS
 from seo_dist.config.problems import describe_errors
 from seo_dist.config.sections import JobConfig
 from seo_dist.errors import ConfigError
 
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
-
-# Metrics the trainer records with every checkpoint it saves (val/loss is measured for a save that lacks it).
-RECORDED_METRICS = (DEFAULT_BEST_METRIC, "train/loss")
 
 
 def _non_string_keys(node: Any, prefix: str = "") -> list[str]:

@@ -12,13 +12,11 @@ from typing import Any
 from seo_dist.checkpoint.index import newest_commit, read_index, read_latest, scan_checkpoints
 from seo_dist.checkpoint.layout import MANIFEST, resolve_checkpoints_root
 from seo_dist.checkpoint.retention import best_checkpoint
+from seo_dist.config.checkpoint import DEFAULT_BEST_METRIC
 from seo_dist.errors import UserError
 from seo_dist.export.errors import CorruptCheckpointError, NotACheckpointError
 from seo_dist.export.readers import find_reader
 from seo_dist.tracking.layout import CONFIG_YAML
-
-DEFAULT_BEST_METRIC = ("val/loss", False)
-"""Metric and maximize flag when neither index.json nor config.yaml says which metric ranks checkpoints."""
 
 
 def is_checkpoint_folder(path: Path) -> bool:
@@ -45,9 +43,9 @@ def _best_metric_from_config(root: Path) -> tuple[str, bool]:
     try:
         raw: Any = yaml.safe_load((root.parent / CONFIG_YAML).read_text())
         section = raw["checkpoint"]
-        return str(section.get("best_metric", DEFAULT_BEST_METRIC[0])), bool(section.get("maximize", False))
+        return str(section.get("best_metric", DEFAULT_BEST_METRIC)), bool(section.get("maximize", False))
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return DEFAULT_BEST_METRIC
+        return DEFAULT_BEST_METRIC, False
 
 
 def _best(root: Path) -> Path:

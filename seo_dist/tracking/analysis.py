@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seo_dist.config.checkpoint import TRAIN_LOSS, VAL_LOSS
 from seo_dist.errors import UserError
 from seo_dist.tracking.jsonio import iter_jsonl, read_json
 from seo_dist.tracking.layout import ExperimentLayout
@@ -22,7 +23,8 @@ from seo_dist.tracking.metric_rows import RESERVED_NAMES
 
 ABANDONED = "abandoned"
 """Shown for a run whose metadata says running but whose lock is gone or stale: it died without ending."""
-BEST_METRIC = "val/loss"
+BEST_METRIC = VAL_LOSS
+"""The metric ``seo-dist runs`` shows the best of."""
 
 
 @dataclass(slots=True)
@@ -261,7 +263,7 @@ _SIZE_SUFFIXES = ("_gb", "_gib", "_mb", "_mib", "_bytes")
 
 # (file name, title, y label, which metric names go on it)
 PLOTS: list[tuple[str, str, str, Any]] = [
-    ("loss.png", "loss", "loss", lambda n: n in ("train/loss", "val/loss") or n.endswith("/loss")),
+    ("loss.png", "loss", "loss", lambda n: n in (TRAIN_LOSS, VAL_LOSS) or n.endswith("/loss")),
     ("lr.png", "learning rate", "lr", lambda n: n == "train/lr" or n.endswith("/lr")),
     (
         "throughput.png",

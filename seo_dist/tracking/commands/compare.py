@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from seo_dist.config.checkpoint import TRAIN_LOSS, VAL_LOSS
 from seo_dist.errors import UserError
 
-DEFAULT_METRICS = ("train/loss", "val/loss")
+DEFAULT_METRICS = (TRAIN_LOSS, VAL_LOSS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
