@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from seo_dist import dist
-from seo_dist.config import TRAIN_LOSS, VAL_LOSS, JobConfig, resolve_deepspeed
+from seo_dist.config import TRAIN_LOSS, VAL_LOSS, JobConfig
 from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
 from seo_dist.engine.deepspeed_engine import check_precision
+from seo_dist.engine.ds_config import resolve_deepspeed, zero_stage
 from seo_dist.errors import ConfigError
 from seo_dist.resume import ResumePlan, plan_resume, resume_experiment_dir
 from seo_dist.tracking.layout import ExperimentLayout
@@ -114,7 +115,6 @@ class SEOTrainer:
         self.engine, self.lr_scheduler = build_deepspeed_engine(model, self.job.train, self.ds_config)
 
     def _build_profiler(self, exp_dir: Path | None) -> None:
-        from seo_dist.config import zero_stage
         from seo_dist.profiling import StepProfiler, flops_per_token
 
         t = self.job.train

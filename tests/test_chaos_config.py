@@ -24,7 +24,8 @@ from conftest import CONFIGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seo_dist.config import JobConfig, build_config, load_config, resolve_deepspeed
+from seo_dist.config import JobConfig, build_config, load_config
+from seo_dist.engine.ds_config import resolve_deepspeed
 from seo_dist.errors import UserError
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))

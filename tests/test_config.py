@@ -19,10 +19,9 @@ from seo_dist.config import (
     TrainConfig,
     build_config,
     load_config,
-    resolve_deepspeed,
-    zero_stage,
 )
 from seo_dist.config.reference import reference_markdown
+from seo_dist.engine.ds_config import resolve_deepspeed, zero_stage
 from seo_dist.errors import ConfigError
 from seo_dist.train import main as train_main
 

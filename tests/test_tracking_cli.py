@@ -145,7 +145,7 @@ def test_bad_input_from_the_real_command(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert (
         proc.stderr.strip() == f"seo-dist report: error: {str(tmp_path)!r} is not an experiment directory "
-        "(no metadata.json or metrics/metrics.jsonl)"
+        "(no metadata.json, metrics/metrics.jsonl or checkpoints/)"
     )
 
 

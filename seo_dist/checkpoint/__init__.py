@@ -4,7 +4,7 @@ Public API: :class:`CheckpointStrategy`, :class:`CheckpointManager` (the facade,
 :class:`AdvancedCheckpointManager`.
 
 Modules that import neither DeepSpeed nor torch, so that ``seo-dist verify`` and ``seo-dist ls`` stay light:
-:mod:`.layout` (names on disk), :mod:`.hashing`, :mod:`.storage` (fsync, atomic replace, sweep), :mod:`.manifest`,
+:mod:`.layout` (names on disk), :mod:`.hashing`, :mod:`.storage` (publishing a folder, free space, sweeping), :mod:`.manifest`,
 :mod:`.verify`, :mod:`.retention` (what to keep, pure functions), :mod:`.index` (``latest``, ``index.json``),
 :mod:`.selection` (what a load tries), :mod:`.errors`, :mod:`.faults` (injected write failures).
 

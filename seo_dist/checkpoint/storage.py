@@ -1,4 +1,4 @@
-"""File-system primitives for crash safety: fsync of folders, atomic replace, free space, sweeping."""
+"""File-system primitives for crash safety: publishing a finished folder, free space, removing folders, sweeping."""
 
 from __future__ import annotations
 

@@ -4,14 +4,11 @@ Each component owns a small dataclass (:mod:`.sections`, :mod:`.checkpoint`); :c
 groups them. :mod:`.load` reads YAML and overrides and validates with pydantic (:mod:`.scalars` holds the
 value types, :mod:`.problems` turns errors into one line). :mod:`.reference` generates the README table
 (``python -m seo_dist.config``). The DeepSpeed section's checks live with the engine
-(:mod:`seo_dist.engine.ds_config`); their names are re-exported here, imported on first use.
+(:mod:`seo_dist.engine.ds_config`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from seo_dist._lazy import lazy_getattr
 from seo_dist.config.checkpoint import (
     DEFAULT_BEST_METRIC,
     RECORDED_METRICS,
@@ -31,30 +28,6 @@ from seo_dist.config.sections import (
     ProfilingConfig,
     TrainConfig,
 )
-
-if TYPE_CHECKING:
-    from seo_dist.engine.ds_config import (
-        DS_ACCUM,
-        DS_GLOBAL,
-        DS_MICRO,
-        known_deepspeed_keys,
-        resolve_deepspeed,
-        validate_deepspeed,
-        zero_stage,
-    )
-
-_DEEPSPEED = {
-    name: "seo_dist.engine.ds_config"
-    for name in (
-        "DS_ACCUM",
-        "DS_GLOBAL",
-        "DS_MICRO",
-        "known_deepspeed_keys",
-        "resolve_deepspeed",
-        "validate_deepspeed",
-        "zero_stage",
-    )
-}
 
 __all__ = [
     "DEFAULT_BEST_METRIC",
@@ -76,13 +49,4 @@ __all__ = [
     "reference_markdown",
     "save_config",
     "set_dotted",
-    "DS_ACCUM",
-    "DS_GLOBAL",
-    "DS_MICRO",
-    "known_deepspeed_keys",
-    "resolve_deepspeed",
-    "validate_deepspeed",
-    "zero_stage",
 ]
-
-__getattr__ = lazy_getattr(__name__, _DEEPSPEED)
