@@ -11,3 +11,8 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A configuration key or value is wrong. The message names the key and how to fix it."""
+
+
+def error_line(error: BaseException) -> str:
+    """``"OSError: [Errno 28] No space left on device"``: an exception as one line, its type first."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

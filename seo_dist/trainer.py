@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from seo_dist import dist
-from seo_dist.config import TRAIN_LOSS, VAL_LOSS, JobConfig
+from seo_dist.config import TRAIN_LOSS, VAL_LOSS, JobConfig, job_problems
 from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
 from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.engine.ds_config import resolve_deepspeed, zero_stage
-from seo_dist.errors import ConfigError
+from seo_dist.errors import ConfigError, error_line
 from seo_dist.resume import ResumePlan, plan_resume, resume_experiment_dir
 from seo_dist.tracking.layout import ExperimentLayout
 from seo_dist.training.final_export import export_final_model
@@ -90,7 +90,9 @@ class SEOTrainer:
         self.train_blocks = pack_blocks(train_records, self.tokenizer, seq_len)
         self.val_blocks = pack_blocks(val_records, self.tokenizer, seq_len)
         try:
-            self.loader = ShardedLoader(self.train_blocks, mb, info.rank, info.world_size, job.train.seed)
+            self.loader = ShardedLoader(
+                self.train_blocks, mb, rank=info.rank, world_size=info.world_size, seed=job.train.seed
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.val_blocks.shape[0] // info.world_size < mb:
@@ -236,8 +238,11 @@ class SEOTrainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> TrainResult:
-        info = dist.init_distributed()
         # Everything that can reject the user's input runs before anything is written to disk.
+        problems = job_problems(self.job)  # a JobConfig built in Python has not been through load_config
+        if problems:
+            raise ConfigError("; ".join(problems))
+        info = dist.init_distributed()
         resume = self._resume
         self.plan = resume if isinstance(resume, ResumePlan) else plan_resume(resume, self.job.experiment)
         # the job as this run executes it: a resumed experiment keeps its directory (the caller's job is not changed)
@@ -283,7 +288,7 @@ class SEOTrainer:
         try:
             self.checkpoints.close()
         except Exception as e:  # noqa: BLE001
-            log.error("checkpoint save in flight failed while stopping: %s: %s", type(e).__name__, e)
+            log.error("checkpoint save in flight failed while stopping: %s", error_line(e))
 
     def _train_loop(self, info: dist.DistInfo, result: TrainResult, resumed: bool) -> None:
         from tqdm import tqdm

@@ -96,6 +96,11 @@ def test_checkpoint_strategy_is_the_checkpoint_config_with_its_old_names():
 
     assert CheckpointStrategy is CheckpointConfig is seo_dist.CheckpointStrategy is from_module
     assert CheckpointStrategy(500).save_interval == 500  # positional, as before
+    brief_order = CheckpointStrategy(500, False, False, "train/loss", 5, False)
+    assert (brief_order.save_interval, brief_order.keep_best, brief_order.save_final) == (500, 0, False)
+    assert (brief_order.best_metric, brief_order.keep_last, brief_order.cleanup_old) == ("train/loss", 5, False)
+    with pytest.raises(TypeError, match="multiple values for argument 'save_interval'"):
+        CheckpointStrategy(500, save_interval=400)
     s = CheckpointStrategy(save_interval=500, max_checkpoints=5, save_latest=False, save_best=True, cleanup_old=False)
     assert (s.keep_last, s.save_final, s.keep_best, s.cleanup_old) == (5, False, 1, False)
     assert (s.max_checkpoints, s.save_latest, s.save_best, s.effective_keep_best) == (5, False, True, 1)
@@ -180,6 +185,19 @@ def test_best_metric_the_trainer_does_not_record_is_rejected():
         assert part in message, message
     for recorded in ("val/loss", "train/loss"):
         assert build_config({"checkpoint": {"best_metric": recorded}}).checkpoint.best_metric == recorded
+
+
+def test_a_job_built_in_python_gets_the_same_checks_before_anything_is_written(tmp_path):
+    """SEOTrainer(JobConfig(...)) skips load_config: the trainer runs the job-level checks itself."""
+    from seo_dist.trainer import SEOTrainer
+
+    job = JobConfig(
+        experiment=ExperimentConfig(base_dir=str(tmp_path / "exps")),
+        checkpoint=CheckpointConfig(best_metric="val/acc"),
+    )
+    with pytest.raises(ConfigError, match="checkpoint.best_metric: the trainer never records 'val/acc'"):
+        SEOTrainer(job).train()
+    assert not (tmp_path / "exps").exists()
 
 
 BAD_INPUTS = {

@@ -68,3 +68,31 @@ def test_stage0_resume_at_another_world_size_continues_the_data_position(stage0_
     assert moved["samples_in_epoch"] == moved["position"] * world * MICRO_BATCH and moved["exact"] is True
     steps = [r["step"] for r in read_jsonl(exp / "metrics" / "metrics.jsonl") if "train/loss" in r]
     assert steps == [4, 8, 12, 16]
+
+
+@pytest.mark.parametrize("saved, resumed", [((2, 4), (1, 4)), ((1, 4), (2, 4)), ((2, 4), (2, 2)), ((2, 4), (4, 4))])
+def test_loader_position_maps_through_the_samples_consumed(saved, resumed):
+    """The ranks of one world together consume the epoch's order from its start: a state saved by ``saved``
+    (world size, micro batch) continues at the same global sample under ``resumed``, and the batches that
+    follow are exactly the next samples of that order."""
+    import torch
+
+    from seo_dist.data.loader import ShardedLoader
+
+    blocks = torch.arange(400).view(100, 4)
+    (old_world, old_mb), (new_world, new_mb) = saved, resumed
+    old = [ShardedLoader(blocks, old_mb, rank=r, world_size=old_world, seed=7) for r in range(old_world)]
+    for _ in range(3):
+        for loader in old:
+            loader.next_batch()
+    consumed = 3 * old_mb * old_world
+    new = [ShardedLoader(blocks, new_mb, rank=r, world_size=new_world, seed=7) for r in range(new_world)]
+    moves = [loader.load_state_dict(old[0].state_dict()) for loader in new]
+    assert all(m is not None and m.samples_in_epoch == consumed for m in moves)
+    assert all(m.exact == (consumed % (new_mb * new_world) == 0) for m in moves)
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(7))
+    next_ids = sorted(int(row[0]) // 4 for loader in new for row in loader.next_batch()["input_ids"])
+    start = moves[0].position * new_mb * new_world
+    assert next_ids == sorted(int(i) for i in order[start : start + new_mb * new_world])
+    if moves[0].exact:
+        assert start == consumed

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seo_dist import dist
-from seo_dist.checkpoint.commit import error_line
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.staging import StagedFile
+from seo_dist.errors import error_line
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup

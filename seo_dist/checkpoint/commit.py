@@ -31,6 +31,7 @@ from seo_dist.checkpoint.hashing import FileRecord
 from seo_dist.checkpoint.layout import checkpoint_name, staging_name
 from seo_dist.checkpoint.manifest import Manifest, records_to_files, write_manifest
 from seo_dist.checkpoint.storage import publish_folder
+from seo_dist.errors import error_line
 from seo_dist.fileio import fsync_dir
 
 if TYPE_CHECKING:
@@ -62,11 +63,6 @@ class CommitResult:
     manifest: Manifest
     warnings: list[str] = field(default_factory=list)
     """Problems after the commit (latest/index/retention); the checkpoint itself is safe."""
-
-
-def error_line(exc: BaseException) -> str:
-    """``"OSError: [Errno 28] No space left on device"``: the exception as one line, type first."""
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _portable(exc: Exception) -> Exception:

@@ -18,11 +18,11 @@ import torch
 from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointCommitInfo, CheckpointEngine
 from deepspeed.runtime.engine import DeepSpeedEngine
 
-from seo_dist.checkpoint.commit import error_line
 from seo_dist.checkpoint.errors import CheckpointError, IncompatibleCheckpointError
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.manifest import Manifest
 from seo_dist.checkpoint.staging import HostStager, StagedFile
+from seo_dist.errors import error_line
 
 ENGINE_NAME = "SeoDistHashingCheckpointEngine"
 

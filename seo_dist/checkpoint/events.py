@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from seo_dist import dist
-from seo_dist.checkpoint.commit import error_line
+from seo_dist.errors import error_line
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from seo_dist import dist
 from seo_dist.checkpoint.backend import CheckpointBackend
-from seo_dist.checkpoint.commit import error_line, run_on_rank_zero
+from seo_dist.checkpoint.commit import run_on_rank_zero
 from seo_dist.checkpoint.errors import ManifestError, NoValidCheckpointError
 from seo_dist.checkpoint.events import EventRelay
 from seo_dist.checkpoint.layout import TORCH_STATE_FILE, rank_state_file
 from seo_dist.checkpoint.manifest import Manifest, read_manifest
 from seo_dist.checkpoint.selection import load_candidates
 from seo_dist.checkpoint.verify import extra_files, verify_files
-from seo_dist.config.checkpoint import DEFAULT_BEST_METRIC
+from seo_dist.errors import error_line
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -36,14 +36,14 @@ log = logging.getLogger(__name__)
 class LoadRequest:
     """What to load and how."""
 
-    which: str | Path = "latest"
+    which: str | Path
     """``latest``, ``best`` or a path (a checkpoint folder, a checkpoints root or an experiment directory)."""
-    metric: str = DEFAULT_BEST_METRIC
-    maximize: bool = False
+    metric: str
+    maximize: bool
     """The ranking for ``best``."""
-    load_optimizer_states: bool = True
-    load_lr_scheduler_states: bool = True
-    restore_rng: bool = True
+    load_optimizer_states: bool
+    load_lr_scheduler_states: bool
+    restore_rng: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 from seo_dist import dist
 from seo_dist.checkpoint.async_save import BackgroundWriter, CommitGroup
 from seo_dist.checkpoint.backend import select_backend
-from seo_dist.checkpoint.commit import error_line
 from seo_dist.checkpoint.events import EventFn, EventRelay
-from seo_dist.checkpoint.hashing import ALGORITHMS, DEFAULT_ALGORITHM
+from seo_dist.checkpoint.hashing import ALGORITHMS
 from seo_dist.checkpoint.index import scan_checkpoints
 from seo_dist.checkpoint.loading import CheckpointLoader, ConfigStamp, LoadRequest
 from seo_dist.checkpoint.retention import CheckpointInfo, best_checkpoint
@@ -33,6 +32,7 @@ from seo_dist.checkpoint.root_keeper import RetentionPolicy, RootKeeper
 from seo_dist.checkpoint.saving import SavePipeline, SaveRequest, SaveStats
 from seo_dist.checkpoint.verify import VERIFY_MODES
 from seo_dist.config.checkpoint import CheckpointConfig
+from seo_dist.errors import error_line
 
 if TYPE_CHECKING:
     import torch
@@ -45,17 +45,6 @@ log = logging.getLogger(__name__)
 ON_ERROR_MODES = ("raise", "warn")
 
 
-def _retention_policy(strategy: CheckpointConfig, *, disk_headroom: float, prune_for_space: bool) -> RetentionPolicy:
-    """The one place that reads the strategy's retention fields."""
-    return RetentionPolicy(
-        keep_last=strategy.keep_last,
-        keep_best=strategy.keep_best,
-        cleanup=strategy.cleanup_old,
-        disk_headroom=disk_headroom,
-        prune_for_space=prune_for_space,
-    )
-
-
 class CheckpointManager:
     """Save, verify, retain and load checkpoints under ``checkpoint_dir`` (``<experiment>/checkpoints``).
 
@@ -65,9 +54,10 @@ class CheckpointManager:
 
     Args:
         checkpoint_dir: the checkpoints root.
-        strategy: when to save and what to keep.
-        hash_algorithm: ``xxh3_128`` (default, fastest), ``blake3`` or ``sha256``.
-        verify_on_load: ``full`` (re-hash), ``quick`` (sizes) or ``off``.
+        strategy: when to save, what to keep, how to hash and verify (:class:`~seo_dist.config.CheckpointConfig`,
+            also named ``CheckpointStrategy``; default: its defaults).
+        hash_algorithm: ``xxh3_128`` (fastest), ``blake3`` or ``sha256``; default ``strategy.hash_algorithm``.
+        verify_on_load: ``full`` (re-hash), ``quick`` (sizes) or ``off``; default ``strategy.verify_on_load``.
         event_fn: called on rank 0 as ``event_fn(name, **fields)`` for saves, prunes, fallbacks...
         config_hash, config: the job's config hash and resolved config dict, stored in each manifest;
             a resume with a different hash gets a ``checkpoint_config_changed`` event naming the keys.
@@ -82,7 +72,8 @@ class CheckpointManager:
             Off by default here, so that ``save_checkpoint`` returns a committed checkpoint;
             :meth:`from_config` follows ``checkpoint.async_save`` (on by default).
         on_error: a failed save (``CheckpointSaveError``) is raised on the training thread (``raise``), or
-            logged (event ``checkpoint_save_failed``, error level) while training goes on (``warn``).
+            logged (event ``checkpoint_save_failed``, error level) while training goes on (``warn``); default
+            ``strategy.on_error``.
         pin_memory: pinned staging buffers for CUDA tensors (default: when CUDA is available).
     """
 
@@ -91,8 +82,8 @@ class CheckpointManager:
         checkpoint_dir: str | Path,
         strategy: CheckpointConfig | None = None,
         *,
-        hash_algorithm: str = DEFAULT_ALGORITHM,
-        verify_on_load: str = "full",
+        hash_algorithm: str | None = None,
+        verify_on_load: str | None = None,
         event_fn: EventFn | None = None,
         config_hash: str | None = None,
         config: Mapping[str, Any] | None = None,
@@ -101,9 +92,13 @@ class CheckpointManager:
         prune_for_space: bool = True,
         group: ProcessGroup | None = None,
         async_save: bool = False,
-        on_error: str = "raise",
+        on_error: str | None = None,
         pin_memory: bool | None = None,
     ) -> None:
+        self.strategy = strategy if strategy is not None else CheckpointConfig()
+        hash_algorithm = hash_algorithm or self.strategy.hash_algorithm
+        verify_on_load = verify_on_load or self.strategy.verify_on_load
+        on_error = on_error or self.strategy.on_error
         if hash_algorithm not in ALGORITHMS:
             raise ValueError(f"hash_algorithm must be one of {', '.join(ALGORITHMS)}, got {hash_algorithm!r}")
         if verify_on_load not in VERIFY_MODES:
@@ -113,7 +108,6 @@ class CheckpointManager:
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
         self.root = Path(checkpoint_dir)
-        self.strategy = strategy if strategy is not None else CheckpointConfig()
         self.hash_algorithm = hash_algorithm
         self.verify_on_load = verify_on_load
         self.async_save = async_save
@@ -128,7 +122,13 @@ class CheckpointManager:
         self._events = EventRelay(event_fn, is_background=writer.on_worker_thread)
         self._keeper = RootKeeper(
             self.root,
-            _retention_policy(self.strategy, disk_headroom=disk_headroom, prune_for_space=prune_for_space),
+            RetentionPolicy(
+                keep_last=self.strategy.keep_last,
+                keep_best=self.strategy.keep_best,
+                cleanup=self.strategy.cleanup_old,
+                disk_headroom=disk_headroom,
+                prune_for_space=prune_for_space,
+            ),
             tracked=self.tracked,
             pinned=self.strategy.pinned,
             events=self._events,
@@ -154,10 +154,7 @@ class CheckpointManager:
     def from_config(cls, checkpoint_dir: str | Path, cfg: CheckpointConfig, **kwargs: Any) -> CheckpointManager:
         """From :class:`seo_dist.config.CheckpointConfig`; ``kwargs`` as in the constructor (event_fn, config...).
         Collective when ``cfg.async_save`` (it creates the manager's gloo group)."""
-        kwargs.setdefault("hash_algorithm", cfg.hash_algorithm)
-        kwargs.setdefault("verify_on_load", cfg.verify_on_load)
         kwargs.setdefault("async_save", cfg.async_save)
-        kwargs.setdefault("on_error", cfg.on_error)
         return cls(checkpoint_dir, dataclasses.replace(cfg), **kwargs)
 
     # ------------------------------------------------------------------ state (local, no collectives)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seo_dist import dist
-from seo_dist.checkpoint.commit import error_line
 from seo_dist.checkpoint.errors import DiskSpaceError
 from seo_dist.checkpoint.events import EventRelay
 from seo_dist.checkpoint.index import (
@@ -31,6 +30,7 @@ from seo_dist.checkpoint.index import (
 from seo_dist.checkpoint.manifest import Manifest
 from seo_dist.checkpoint.retention import plan_deletions, plan_space_pruning
 from seo_dist.checkpoint.storage import disk_free_bytes, remove_folder, sweep_abandoned
+from seo_dist.errors import error_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +41,11 @@ class RetentionPolicy:
     """Newest checkpoints always kept (>= 2)."""
     keep_best: int
     """Best checkpoints kept per tracked metric (0: none beyond the single best)."""
-    cleanup: bool = True
+    cleanup: bool
     """Delete what retention does not keep after each commit (False keeps everything)."""
-    disk_headroom: float = 1.1
+    disk_headroom: float
     """Free space required before a save, as a multiple of the expected checkpoint size."""
-    prune_for_space: bool = True
+    prune_for_space: bool
     """When space is short, delete the oldest unprotected checkpoints first (else fail the save)."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from seo_dist import dist
 from seo_dist.checkpoint.async_save import BackgroundWriter, CommitGroup, write_staged
 from seo_dist.checkpoint.backend import CheckpointBackend
-from seo_dist.checkpoint.commit import RankOutcome, commit_checkpoint, error_line, prepare_staging
+from seo_dist.checkpoint.commit import RankOutcome, commit_checkpoint, prepare_staging
 from seo_dist.checkpoint.errors import CheckpointSaveError, PeersLostAfterCommit
 from seo_dist.checkpoint.events import EventRelay
 from seo_dist.checkpoint.hashing import write_torch_file
@@ -28,6 +28,7 @@ from seo_dist.checkpoint.loading import ConfigStamp
 from seo_dist.checkpoint.manifest import Manifest, clean_metrics, collect_versions
 from seo_dist.checkpoint.root_keeper import RootKeeper
 from seo_dist.checkpoint.staging import HostStager
+from seo_dist.errors import error_line
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from seo_dist.config.checkpoint import (
     CheckpointConfig,
     CheckpointStrategy,
 )
-from seo_dist.config.load import build_config, load_config, parse_override, save_config, set_dotted
+from seo_dist.config.load import build_config, job_problems, load_config, parse_override, save_config, set_dotted
 from seo_dist.config.reference import reference_markdown
 from seo_dist.config.sections import (
     SECTIONS,
@@ -44,6 +44,7 @@ __all__ = [
     "ProfilingConfig",
     "TrainConfig",
     "build_config",
+    "job_problems",
     "load_config",
     "parse_override",
     "reference_markdown",

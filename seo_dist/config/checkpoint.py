@@ -31,6 +31,8 @@ SECTION = "checkpoint"
 
 # alias keyword -> the field it sets
 ALIASES = {"max_checkpoints": "keep_last", "save_latest": "save_final", "save_best": "keep_best"}
+POSITIONAL = ("save_interval", "save_best", "save_latest", "best_metric", "max_checkpoints", "cleanup_old")
+"""``CheckpointStrategy``'s positional order: ``CheckpointStrategy(500, True, True, "val/loss", 5)`` works."""
 
 
 def _resolve_aliases(kwargs: dict[str, Any]) -> dict[str, str]:
@@ -62,8 +64,16 @@ def _accepts_aliases(cls: type[CheckpointConfig]) -> type[CheckpointConfig]:
 
     @functools.wraps(init)
     def __init__(self: CheckpointConfig, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(POSITIONAL):
+            raise TypeError(
+                f"CheckpointStrategy takes at most {len(POSITIONAL)} positional arguments ({', '.join(POSITIONAL)})"
+            )
+        for name, value in zip(POSITIONAL, args):
+            if name in kwargs:
+                raise TypeError(f"CheckpointStrategy got multiple values for argument {name!r}")
+            kwargs[name] = value
         spelled = _resolve_aliases(kwargs)
-        init(self, *args, **kwargs)
+        init(self, **kwargs)
         problems = range_problems(self, SECTION, spelled)
         if problems:
             raise ConfigError("; ".join(problems))

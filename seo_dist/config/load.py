@@ -135,8 +135,11 @@ def _validate_types(raw: dict[str, Any]) -> JobConfig:
         raise ConfigError("; ".join(describe_errors(JobConfig, e))) from None
 
 
-def _job_problems(job: JobConfig) -> list[str]:
-    """What a type cannot express: files, names, ``model.config`` keys, the DeepSpeed section, the best metric."""
+def job_problems(job: JobConfig) -> list[str]:
+    """What a type cannot express: files, names, ``model.config`` keys, the DeepSpeed section, the best metric.
+
+    :func:`build_config` runs it on every loaded config; the trainer runs it on a :class:`JobConfig` built in Python.
+    """
     from seo_dist.engine.ds_config import validate_deepspeed
 
     problems = [
@@ -168,7 +171,7 @@ def build_config(
     if problems:
         raise ConfigError("; ".join(problems))
     job = _validate_types(raw)
-    problems = _job_problems(job)
+    problems = job_problems(job)
     if problems:
         raise ConfigError("; ".join(problems))
     return job

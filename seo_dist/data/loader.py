@@ -51,7 +51,14 @@ class ShardedLoader:
     """
 
     def __init__(
-        self, blocks: torch.Tensor, micro_batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True
+        self,
+        blocks: torch.Tensor,
+        micro_batch_size: int,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool = True,
     ) -> None:
         per_rank = blocks.shape[0] // world_size
         self.batches_per_epoch = per_rank // micro_batch_size
@@ -93,19 +100,25 @@ class ShardedLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.state.epoch, "position": self.state.position, "world_size": self.world_size}
+        return {
+            "epoch": self.state.epoch,
+            "position": self.state.position,
+            "world_size": self.world_size,
+            "micro_batch_size": self.micro_batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> ResumedPosition | None:
-        """Continue where ``state`` stopped; None, or where a state saved at another world size continues.
+        """Continue where ``state`` stopped; None, or where a state saved at another world or micro-batch size continues.
 
         Within the epoch the data order continues from the same global sample; each world size drops its
         own short tail at the end of an epoch, and the global batch of a step changes with the world size.
         """
         epoch, position = int(state["epoch"]), int(state["position"])
         saved_world = int(state.get("world_size", self.world_size))
+        saved_batch = int(state.get("micro_batch_size", self.micro_batch_size))
         moved = None
-        if saved_world != self.world_size:
-            samples = position * self.micro_batch_size * saved_world
+        if (saved_world, saved_batch) != (self.world_size, self.micro_batch_size):
+            samples = position * saved_batch * saved_world
             per_batch = self.micro_batch_size * self.world_size
             position = samples // per_batch
             moved = ResumedPosition(saved_world, self.world_size, epoch, samples, position, samples % per_batch == 0)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seo_dist.config.problems import dotted, unknown_key
-from seo_dist.config.sections import JobConfig
 from seo_dist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from seo_dist.config.sections import JobConfig
 
 # Batch sizes live in ``train``; these DeepSpeed keys are derived from it.
 DS_MICRO = "train_micro_batch_size_per_gpu"

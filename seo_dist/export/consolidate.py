@@ -81,6 +81,10 @@ class ConsolidationResult:
     """Where the model config and the tokenizer came from."""
     warnings: list[str] = field(default_factory=list)
 
+    def __fspath__(self) -> str:
+        """The exported folder: ``Path(consolidate_checkpoint(...))`` works as when it returned a path."""
+        return str(self.path)
+
     def summary(self) -> str:
         shards = sum(1 for name in self.files if name.endswith(".safetensors"))
         return (
@@ -217,7 +221,15 @@ def consolidate_checkpoint(
     with ThreadPoolExecutor(1, thread_name_prefix="export-verify") as pool:
         verification = pool.submit(verify_input, folder, verify)
         try:
-            fields = _write_model_folder(folder, staging, verification, target, max_bytes, tokenizer, hash_algorithm)
+            fields = _write_model_folder(
+                folder,
+                staging,
+                verification,
+                target=target,
+                max_bytes=max_bytes,
+                tokenizer_dir=tokenizer,
+                hash_algorithm=hash_algorithm,
+            )
         except Exception as e:
             shutil.rmtree(staging, ignore_errors=True)
             problem = _verification_problem(verification)  # a hash mismatch explains more than what it broke later
@@ -251,6 +263,7 @@ def _write_model_folder(
     folder: Path,
     staging: Path,
     verification: Future,
+    *,
     target: DType,
     max_bytes: int,
     tokenizer_dir: Path | None,

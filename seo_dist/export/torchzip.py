@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from seo_dist.errors import error_line
 from seo_dist.export.dtypes import STORAGE_TYPES, DType
 from seo_dist.export.errors import CorruptCheckpointError, UnsupportedCheckpointError
 
@@ -272,4 +273,4 @@ def load_lazy(path: Path, name: str | None = None) -> Any:
         except CorruptCheckpointError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-            raise CorruptCheckpointError(label, f"damaged pickle in data.pkl ({type(e).__name__}: {e})") from None
+            raise CorruptCheckpointError(label, f"damaged pickle in data.pkl ({error_line(e)})") from None

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Literal
 
+from seo_dist.errors import error_line
 from seo_dist.tracking.jsonio import dumps_line, json_safe
 
 Level = Literal["info", "warning", "error"]
@@ -43,8 +44,7 @@ def describe_error(error: BaseException | str | None) -> tuple[str | None, str |
     if error is None:
         return None, None
     if isinstance(error, BaseException):
-        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        return text, "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        return error_line(error), "".join(traceback.format_exception(type(error), error, error.__traceback__))
     current = sys.exc_info()[1]
     tb = "".join(traceback.format_exception(type(current), current, current.__traceback__)) if current else None
     return str(error), tb

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from seo_dist.errors import error_line
 from seo_dist.tracking.jsonio import iter_jsonl
 from seo_dist.tracking.logger import ExperimentLogger
 from seo_dist.tracking.metric_rows import RESERVED_NAMES, MetricSummary, RowValidator
@@ -60,6 +61,7 @@ class MetricsTracker:
         self,
         sinks: list[Sink],
         logger: ExperimentLogger,
+        *,
         lazy_sinks: Sequence[Callable[[], Sink]] = (),
         seed_rows: list[dict[str, Any]] | None = None,
         heartbeat: Callable[[], None] | None = None,
@@ -251,7 +253,7 @@ class _OpeningSink:
                 return None
         if self._sink is None:
             e = self._error
-            self._give_up(f"{type(e).__name__}: {e}; continuing without it" if e else "did not open")
+            self._give_up(f"{error_line(e)}; continuing without it" if e else "did not open")
             return None
         backlog, self._backlog = self._backlog, []
         for row in backlog:

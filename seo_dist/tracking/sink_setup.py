@@ -33,11 +33,11 @@ def lazy_sinks(
     def open_wandb() -> Sink:
         return WandbSink(
             layout.wandb_parent,
-            wandb_meta["run_id"],
-            config.wandb_project,
-            config.experiment_name,
-            config.wandb,
-            run_config,
+            run_id=wandb_meta["run_id"],
+            project=config.wandb_project,
+            run_name=config.experiment_name,
+            mode=config.wandb,
+            config=run_config,
         )
 
     open_wandb.sink_name = "wandb"  # type: ignore[attr-defined]

@@ -136,6 +136,7 @@ class WandbSink:
     def __init__(
         self,
         wandb_dir_parent: Path,
+        *,
         run_id: str,
         project: str,
         run_name: str,

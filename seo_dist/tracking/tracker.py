@@ -22,7 +22,7 @@ import yaml
 
 from seo_dist import dist
 from seo_dist.config import ExperimentConfig, JobConfig
-from seo_dist.errors import UserError
+from seo_dist.errors import UserError, error_line
 from seo_dist.fileio import atomic_write_json
 from seo_dist.tracking import metadata as md
 from seo_dist.tracking.artifacts import copy_artifact, snapshot_code
@@ -117,7 +117,7 @@ class ExperimentTracker:
             except UserError as e:
                 outcome, local_error = ("user_error", str(e)), e
             except Exception as e:
-                outcome, local_error = ("error", f"{type(e).__name__}: {e}"), e
+                outcome, local_error = ("error", error_line(e)), e
         else:
             outcome = ("ok", "")
         outcome = dist.broadcast_object(outcome)

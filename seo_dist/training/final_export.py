@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from seo_dist.errors import error_line
 from seo_dist.tracking.layout import ExperimentLayout
 
 
@@ -29,6 +30,6 @@ def export_final_model(
     try:
         consolidate_checkpoint(checkpoint, out, dtype=dtype)
     except Exception as e:  # the checkpoint is safe; only the convenience copy failed
-        event("export_failed", step=step, level="error", error=f"{type(e).__name__}: {e}")
+        event("export_failed", step=step, level="error", error=error_line(e))
         return
     event("model_exported", step=step, path=str(out), seconds=time.perf_counter() - start)

@@ -6,11 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from seo_dist.config import CheckpointConfig
+from seo_dist.config import DEFAULT_BEST_METRIC
 from seo_dist.errors import UserError
 from seo_dist.tracking.layout import ExperimentLayout
 
-DEFAULT_METRIC = CheckpointConfig().best_metric
 """The metric marking the best checkpoint when neither index.json nor a manifest names one: the config default."""
 
 
@@ -47,7 +46,7 @@ def _tracked(index: dict[str, Any] | None, root: Path, committed: list[Any]) -> 
                 return str(cfg["best_metric"]), bool(cfg.get("maximize", False))
         except ManifestError:
             pass
-    return DEFAULT_METRIC, False
+    return DEFAULT_BEST_METRIC, False
 
 
 def run(args: argparse.Namespace) -> int:
