@@ -172,14 +172,8 @@ class SEOTrainer:
         self.tokens_seen = int(state["tokens_seen"])
         moved = self.loader.load_state_dict(state["loader"])
         if moved is not None:
-            self.tracker.log_event(
-                "data_resharded",
-                step=self.step,
-                **dataclasses.asdict(moved),
-                message=f"saved by {moved.from_world_size} rank(s), resumed by {moved.to_world_size}: the data order "
-                f"continues at sample {moved.samples_in_epoch} of epoch {moved.epoch}"
-                + ("" if moved.exact else " (rounded down to a whole micro-batch per rank: a few samples repeat)"),
-            )
+            fields = dataclasses.asdict(moved)
+            self.tracker.log_event("data_resharded", step=self.step, **fields, message=moved.describe())
         self.tracker.set_resume_step(self.step)
         self.tracker.log_event("resumed", step=self.step, path=str(loaded["path"]))
         return True

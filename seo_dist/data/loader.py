@@ -32,6 +32,13 @@ class ResumedPosition:
     """False when ``samples_in_epoch`` is not a whole number of micro-batches of the new world: the position
     was rounded down and a few samples are seen twice."""
 
+    def describe(self) -> str:
+        rounded = "" if self.exact else " (rounded down to a whole micro-batch per rank: a few samples repeat)"
+        return (
+            f"saved by {self.from_world_size} rank(s), resumed by {self.to_world_size}: the data order continues "
+            f"at sample {self.samples_in_epoch} of epoch {self.epoch}{rounded}"
+        )
+
 
 @dataclass
 class LoaderState:
