@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -43,6 +43,9 @@ from seo_dist.tracking.signals import TrainingInterrupted
 from seo_dist.tracking.sink_setup import build_sinks, lazy_sinks
 from seo_dist.tracking.sinks import truncate_metrics_file
 from seo_dist.tracking.start_record import RUNNING, record_git, resolved_config, start_metadata, wandb_metadata
+
+if TYPE_CHECKING:
+    from seo_dist.checkpoint.manager import CheckpointManager
 
 __all__ = ["RUNNING", "STATUSES", "ExperimentTracker", "default_experiment_id"]
 
@@ -74,7 +77,7 @@ class ExperimentTracker:
         self.code_profiler = code_profiler
         self.job_config = job_config
         self.hparams = hparams
-        self.checkpoint_manager: Any = None
+        self.checkpoint_manager: CheckpointManager | None = None
         self.exp_dir: Path | None = None
         self.experiment_id: str | None = None
         self.layout: ExperimentLayout | None = None

@@ -10,12 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from seo_dist import dist
 from seo_dist.config import TrainConfig
 from seo_dist.data import ShardedLoader
 from seo_dist.training.stop import StopFlag
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+    from seo_dist.checkpoint.manager import CheckpointManager
+    from seo_dist.profiling import StepProfiler
 
 MAX_CONSECUTIVE_NON_FINITE = 10
 """With ``train.on_nan: skip``, this many non-finite micro-batches in a row mean the weights themselves
@@ -45,13 +51,13 @@ class TrainStep:
 
     def __init__(
         self,
-        engine: Any,
+        engine: DeepSpeedEngine,
         loader: ShardedLoader,
-        profiler: Any,
+        profiler: StepProfiler,
         train: TrainConfig,
         *,
         stop_flag: StopFlag,
-        checkpoints: Any,
+        checkpoints: CheckpointManager | None,
         event: Callable[..., None],
     ) -> None:
         self.engine, self.loader, self.profiler, self.train = engine, loader, profiler, train
