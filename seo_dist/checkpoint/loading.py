@@ -21,7 +21,7 @@ from seo_dist.checkpoint.commit import run_on_rank_zero
 from seo_dist.checkpoint.errors import ManifestError, NoValidCheckpointError
 from seo_dist.checkpoint.events import EventRelay
 from seo_dist.checkpoint.layout import TORCH_STATE_FILE, rank_state_file
-from seo_dist.checkpoint.manifest import Manifest, read_manifest
+from seo_dist.checkpoint.manifest import ConfigStamp, Manifest, read_manifest
 from seo_dist.checkpoint.selection import load_candidates
 from seo_dist.checkpoint.verify import extra_files, verify_files
 from seo_dist.errors import error_line
@@ -44,14 +44,6 @@ class LoadRequest:
     load_optimizer_states: bool
     load_lr_scheduler_states: bool
     restore_rng: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigStamp:
-    """The job's config hash and resolved config: written into each manifest, compared on load."""
-
-    config_hash: str | None = None
-    config: dict[str, Any] | None = None
 
 
 def _flatten(d: object, prefix: str = "") -> dict[str, object]:

@@ -26,7 +26,8 @@ from seo_dist.checkpoint.backend import select_backend
 from seo_dist.checkpoint.events import EventFn, EventRelay
 from seo_dist.checkpoint.hashing import ALGORITHMS
 from seo_dist.checkpoint.index import scan_checkpoints
-from seo_dist.checkpoint.loading import CheckpointLoader, ConfigStamp, LoadRequest
+from seo_dist.checkpoint.loading import CheckpointLoader, LoadRequest
+from seo_dist.checkpoint.manifest import ConfigStamp
 from seo_dist.checkpoint.retention import CheckpointInfo, best_checkpoint
 from seo_dist.checkpoint.root_keeper import RetentionPolicy, RootKeeper
 from seo_dist.checkpoint.saving import SavePipeline, SaveRequest, SaveStats

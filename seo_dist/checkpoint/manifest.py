@@ -26,6 +26,14 @@ from seo_dist.checkpoint.layout import MANIFEST
 FORMAT = "seo_dist.checkpoint/1"
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigStamp:
+    """The job's config hash and resolved config: written into each manifest, compared on load."""
+
+    config_hash: str | None = None
+    config: dict[str, Any] | None = None
+
+
 @dataclass(kw_only=True)
 class Manifest:
     step: int

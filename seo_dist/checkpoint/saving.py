@@ -24,8 +24,7 @@ from seo_dist.checkpoint.errors import CheckpointSaveError, PeersLostAfterCommit
 from seo_dist.checkpoint.events import EventRelay
 from seo_dist.checkpoint.hashing import write_torch_file
 from seo_dist.checkpoint.layout import checkpoint_name, rank_state_file
-from seo_dist.checkpoint.loading import ConfigStamp
-from seo_dist.checkpoint.manifest import Manifest, clean_metrics, collect_versions
+from seo_dist.checkpoint.manifest import ConfigStamp, Manifest, clean_metrics, collect_versions
 from seo_dist.checkpoint.root_keeper import RootKeeper
 from seo_dist.checkpoint.staging import HostStager
 from seo_dist.errors import error_line
