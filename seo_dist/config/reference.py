@@ -7,12 +7,11 @@ import dataclasses
 import inspect
 import json
 import textwrap
-import types
 import typing
 from typing import Any
 
 from seo_dist.config.problems import type_name
-from seo_dist.config.scalars import BOUNDS
+from seo_dist.config.scalars import BOUNDS, hint_constraints
 from seo_dist.config.sections import SECTIONS
 
 DEEPSPEED_ROW = (
@@ -34,12 +33,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def _limits(hint: Any) -> list[str]:
     """``['>= 2']`` for ``Annotated[int, Ge(2)]``: the range a field's type allows."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return [limit for arg in typing.get_args(hint) for limit in _limits(arg)]
-    if typing.get_origin(hint) is not typing.Annotated:
-        return []
     limits = []
-    for constraint in typing.get_args(hint)[1:]:
+    for constraint in hint_constraints(hint):
         if type(constraint) in BOUNDS:
             attr, op, _ = BOUNDS[type(constraint)]
             limits.append(f"{op} {getattr(constraint, attr)}")

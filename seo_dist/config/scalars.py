@@ -53,17 +53,17 @@ def bound_message(key: str, op: str, bound: Any, value: Any) -> str:
     return f"{key} must be {op} {bound}, got {value!r}"
 
 
+def hint_constraints(hint: Any) -> tuple[Any, ...]:
+    """``(Ge(2), ...)`` of an ``Annotated`` type (``X | None`` too); empty for a plain type."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_args(hint)[1:] if typing.get_origin(hint) is Annotated else ()
+
+
 def _constraints(cls: type) -> dict[str, tuple[Any, ...]]:
-    """``{field: (Ge(2), ...)}`` read from the ``Annotated`` field types (``X | None`` too) of a config dataclass."""
+    """``{field: (Ge(2), ...)}`` read from the field types of a config dataclass."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    found = {}
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        if typing.get_origin(hint) is Annotated:
-            found[f.name] = typing.get_args(hint)[1:]
-    return found
+    return {f.name: found for f in dataclasses.fields(cls) if (found := hint_constraints(hints[f.name]))}
 
 
 def range_problems(config: object, section: str, spelled: dict[str, str] | None = None) -> list[str]:
