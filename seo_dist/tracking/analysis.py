@@ -76,9 +76,7 @@ def require_experiment(path: str | Path) -> ExperimentLayout:
             f"{str(path)!r} does not exist; pass an experiment directory such as experiments/exp_1700000000"
         )
     if not layout.is_experiment():
-        raise UserError(
-            f"{str(path)!r} is not an experiment directory (no metadata.json, metrics/metrics.jsonl or checkpoints/)"
-        )
+        raise UserError(f"{str(path)!r} is not an experiment directory (no {ExperimentLayout.MARKERS})")
     return layout
 
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from seo_dist.errors import UserError
-from seo_dist.tracking.layout import CHECKPOINTS_DIR, METADATA, ExperimentLayout
+from seo_dist.tracking.layout import ExperimentLayout
 
 MAX_ID_SUFFIX = 1000
 """``exp_<time>_1`` ... : how many free names are tried when several jobs start in the same second."""
@@ -33,8 +33,8 @@ def make_experiment_dir(base: Path, experiment_id: str | None, *, resume: bool, 
         if resume:
             if not ExperimentLayout(exp_dir).is_experiment():
                 raise UserError(
-                    f"cannot resume: {str(exp_dir)!r} is not an experiment directory (no {METADATA} or "
-                    f"{CHECKPOINTS_DIR}/); check experiment.base_dir and experiment.experiment_id"
+                    f"cannot resume: {str(exp_dir)!r} is not an experiment directory (no "
+                    f"{ExperimentLayout.MARKERS}); check experiment.base_dir and experiment.experiment_id"
                 )
             return exp_dir
         try:

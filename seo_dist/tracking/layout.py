@@ -123,6 +123,9 @@ class ExperimentLayout:
         for d in (self.checkpoints, self.logs, self.metrics.parent, self.artifacts):
             d.mkdir(parents=True, exist_ok=True)
 
+    MARKERS = f"{METADATA}, {METRICS_DIR}/{METRICS_JSONL} or {CHECKPOINTS_DIR}/"
+    """What :meth:`is_experiment` looks for, as error messages name it."""
+
     def is_experiment(self) -> bool:
         """True for a directory seo_dist wrote an experiment into: it has ``metadata.json``,
         ``metrics/metrics.jsonl`` or ``checkpoints/`` (with ``experiment.tracking_enabled: false`` a run writes
