@@ -25,7 +25,13 @@ from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks
 from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.engine.ds_config import resolve_deepspeed, zero_stage
 from seo_dist.errors import ConfigError, error_line
-from seo_dist.resume import ResumePlan, plan_resume, resume_experiment_dir
+from seo_dist.resume import (
+    ResumePlan,
+    global_batch_problem,
+    plan_resume,
+    record_world_size_change,
+    resume_experiment_dir,
+)
 from seo_dist.tracking.layout import ExperimentLayout
 from seo_dist.training.final_export import export_final_model
 from seo_dist.training.restore import trainer_state
@@ -174,6 +180,7 @@ class SEOTrainer:
         if moved is not None:
             fields = dataclasses.asdict(moved)
             self.tracker.log_event("data_resharded", step=self.step, **fields, message=moved.describe())
+        record_world_size_change(self.tracker, loaded, self.job)
         self.tracker.set_resume_step(self.step)
         self.tracker.log_event("resumed", step=self.step, path=str(loaded["path"]))
         return True
@@ -241,6 +248,8 @@ class SEOTrainer:
         self.plan = resume if isinstance(resume, ResumePlan) else plan_resume(resume, self.job.experiment)
         # the job as this run executes it: a resumed experiment keeps its directory (the caller's job is not changed)
         job = self.job = dataclasses.replace(self.job, experiment=self.plan.experiment_config(self.job.experiment))
+        if (problem := global_batch_problem(job, info.world_size)) is not None:
+            raise ConfigError(problem)
         self.ds_config = resolve_deepspeed(job, info.world_size)
         check_precision(self.ds_config, dist.get_device())
         self._setup_tokenizer()

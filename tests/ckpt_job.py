@@ -5,7 +5,7 @@ events, errors) under OUT for the test to check.
     torchrun --nproc-per-node 2 tests/ckpt_job.py roundtrip OUT --stages 1,2,3
     torchrun --nproc-per-node 2 tests/ckpt_job.py crash OUT
     torchrun --nproc-per-node 2 tests/ckpt_job.py resume OUT
-    torchrun --nproc-per-node 1 tests/ckpt_job.py worldsize OUT
+    torchrun --nproc-per-node 1 tests/ckpt_job.py worldsize OUT        (loads the 2-rank ZeRO-2 run: a reshard)
     torchrun --nproc-per-node 2 tests/ckpt_job.py async OUT --stages 2,3   (test_checkpoint_async.py)
     torchrun --nproc-per-node 2 tests/ckpt_job.py async_kill OUT           (runs until the test kills it)
     torchrun --nproc-per-node 2 tests/ckpt_job.py async_resume OUT
@@ -277,14 +277,16 @@ def resume(out: Path) -> None:
 
 
 def worldsize(out: Path) -> int:
-    """One rank loading the two-rank ZeRO-2 checkpoint: a clear error, nothing loaded."""
+    """One rank loading the two-rank ZeRO-2 checkpoint of step 8: resharded through DeepSpeed's universal form."""
     engine = build_engine(2, seed=0)
     mgr = make_manager(out / "zero2" / "checkpoints", [])
     try:
-        mgr.load_latest_checkpoint(engine)
+        loaded = mgr.load_latest_checkpoint(engine)
     except IncompatibleCheckpointError as e:
         (out / "worldsize_error.txt").write_text(str(e))
         return 2
+    dump(out, "worldsize_loaded", snapshot(engine, 2))
+    write_json(out / "worldsize_result.json", {"name": loaded["name"], "resharded": loaded.get("resharded")})
     return 0
 
 

@@ -136,6 +136,9 @@ class DeepSpeedBackend:
     ) -> None:
         self.engine = engine
         self.adapter = install_checkpoint_engine(engine, algorithm, adapter_cls)
+        self._reshard_from: Manifest | None = None
+        """The manifest of the folder :meth:`check_compatible` accepted at another world size (then :meth:`load`
+        reshards it), else None."""
 
     @property
     def zero_stage(self) -> int:
@@ -180,19 +183,31 @@ class DeepSpeedBackend:
                 f"or consolidate it (seo-dist consolidate {folder} --out DIR) and start from model.pretrained=DIR"
             )
         partitioned = manifest.zero_stage >= 3 or (manifest.zero_stage >= 1 and load_optimizer_states)
+        self._reshard_from = None
         if partitioned and manifest.world_size != world_size:
-            raise IncompatibleCheckpointError(
-                f"{folder} was saved by {manifest.world_size} ranks with ZeRO stage {manifest.zero_stage} (state "
-                f"partitioned {manifest.world_size} ways) and this job has {world_size}; resume with "
-                f"{manifest.world_size} ranks, or consolidate it (seo-dist consolidate {folder} --out DIR, then "
-                f"model.pretrained=DIR; optimizer state is not kept), or convert it to DeepSpeed's universal "
-                f"checkpoint (python -m deepspeed.checkpoint.ds_to_universal --input_folder {folder} "
-                f"--output_folder {folder}_universal) and load that with deepspeed.checkpoint.load_universal=true"
-            )
+            # another world size with partitioned state: loaded through DeepSpeed's universal checkpoint
+            from seo_dist.checkpoint.reshard import check_reshardable
+
+            check_reshardable(manifest, folder, world_size=world_size, precision=self._precision())
+            self._reshard_from = manifest
+
+    def _precision(self) -> str:
+        return "bf16" if self.engine.bfloat16_enabled() else "fp16" if self.engine.fp16_enabled() else "fp32"
 
     def load(
         self, folder: Path, *, load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True
     ) -> dict[str, Any]:
+        if self._reshard_from is not None:  # set by check_compatible for this folder
+            from seo_dist.checkpoint.reshard import load_resharded
+
+            return load_resharded(
+                self.engine,
+                folder,
+                self._reshard_from,
+                algorithm=self.adapter.algorithm,
+                load_optimizer_states=load_optimizer_states,
+                load_lr_scheduler_states=load_lr_scheduler_states,
+            )
         load_path, client_state = self.engine.load_checkpoint(
             str(folder.parent),
             tag=folder.name,

@@ -187,5 +187,11 @@ class RootKeeper:
                 if deleted:
                     self.events.emit("checkpoint_pruned", reason="retention", steps=deleted)
                     scan = scan_checkpoints(self.root)
+                try:
+                    from seo_dist.checkpoint.reshard import prune_orphans
+
+                    prune_orphans(self.root)  # universal forms of the checkpoints just deleted
+                except OSError as e:
+                    problems.append(f"retention could not delete a universal folder: {error_line(e)}")
             write_index(self.root, build_index(scan, latest=final.name, tracked=self.tracked, pinned=self._pinned))
             return problems

@@ -244,6 +244,13 @@ class ExperimentTracker:
         assert self.layout is not None
         atomic_write_json(self.layout.metadata, json_safe(self._metadata))
 
+    def annotate_resume(self, **fields: Any) -> None:
+        """Add ``fields`` to this run's entry of ``resumes`` in metadata.json (rank 0; nothing on a new run)."""
+        resumes = self._metadata.get("resumes")
+        if self.is_writer and resumes and self.layout is not None:
+            resumes[-1].update(fields)
+            self._save_metadata()
+
     def set_resume_step(self, step: int) -> None:
         """Drop metric rows logged after ``step`` (once the resumed checkpoint's step is known)."""
         if self.metrics is not None and self.logger is not None:
