@@ -140,7 +140,16 @@ def model_state_file(folder: Path) -> Path:
     return plain if plain.exists() else folder / "zero_pp_rank_0_mp_rank_00_model_states.pt"
 
 
+def group_settings(folder: Path) -> list[dict[str, Any]]:
+    """Each optimizer param group's settings (weight decay, betas, lr...), from rank 0's optimizer file."""
+    (first,) = [f for f in folder.glob("*zero_pp_rank_*_optim_states.pt") if _rank_of(f) == 0]
+    osd = torch.load(first, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+    inner = osd["optimizer_state_dict"] if "fp32_flat_groups" in osd else osd["base_optimizer_state"]
+    return [{k: v for k, v in group.items() if k != "params"} for group in inner["param_groups"]]
+
+
 def assert_same_optimizer_state(saved_folder: Path, resumed_folder: Path) -> None:
+    assert group_settings(saved_folder) == group_settings(resumed_folder)  # e.g. no weight decay on biases
     saved, saved_steps = zero_states(saved_folder)
     resumed, resumed_steps = zero_states(resumed_folder)
     assert set(saved) == set(resumed) and saved

@@ -96,3 +96,33 @@ def test_loader_position_maps_through_the_samples_consumed(saved, resumed):
     assert next_ids == sorted(int(i) for i in order[start : start + new_mb * new_world])
     if moves[0].exact:
         assert start == consumed
+
+
+@pytest.mark.parametrize(
+    ("pinned", "world", "accum", "expected"),
+    [
+        (None, 3, 1, None),  # nothing pinned: any world size (a changed global batch is a warning event)
+        (16, 2, 1, None),
+        (16, 1, 1, "needs train.grad_accum=2 (it is 1)"),
+        (16, 3, 1, "cannot be split over 3 rank(s) with train.micro_batch_size=8 (16 is not a multiple of 24)"),
+    ],
+)
+def test_a_pinned_global_batch_names_the_setting_that_fits_the_world_size(pinned, world, accum, expected):
+    from seo_dist.config import load_config
+    from seo_dist.resume import global_batch_problem
+
+    sets = [f"train.grad_accum={accum}"] + ([f"deepspeed.train_batch_size={pinned}"] if pinned else [])
+    job = load_config(Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml", sets)
+    problem = global_batch_problem(job, world)
+    assert problem == expected if expected is None else expected in problem
+
+
+def test_a_world_size_that_cannot_run_the_pinned_global_batch_is_one_line_and_exit_2(tmp_path, cache_dir):
+    base = tmp_path / "experiments"
+    cmd = [str(BIN / "python"), "-m", "seo_dist.train", "--config", str(Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml"),
+           "--set", f"experiment.base_dir={base}", "deepspeed.train_batch_size=12"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=job_env(cache_dir), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "deepspeed.train_batch_size=12" in ln]
+    assert len(lines) == 1 and "(12 is not a multiple of 8)" in lines[0], proc.stderr[-3000:]
+    assert not base.exists()

@@ -165,7 +165,7 @@ def missing_key(folder: Path, manifest: Manifest) -> str | None:
     for pattern, dotted in _REQUIRED_KEYS[_family(manifest.zero_stage)]:
         names = sorted(n for n in manifest.files if n.endswith(pattern) and "/" not in n)
         if not names:
-            return f"no *{pattern} file"
+            return f"a *{pattern} file"
         name = names[0]
         if name not in seen:
             seen[name] = torch.load(folder / name, map_location="cpu", mmap=True, weights_only=False)
@@ -340,6 +340,24 @@ def reseed_rank_without_state(manifest: Manifest, rank: int) -> bool:
     return True
 
 
+def restore_param_group_settings(engine: DeepSpeedEngine, universal: Path) -> None:
+    """Put back each optimizer param group's own settings (weight decay, betas, lr...) after a ZeRO-3 universal
+    load: DeepSpeed's ZeRO-3 loader copies the first group's settings into every group, which gives the
+    no-decay group (biases, norms, embeddings) the decay group's weight decay. ZeRO-1/2 restore them per group."""
+    import torch
+
+    saved = torch.load(universal / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    groups = saved["optimizer_state_dict"]["param_groups"]
+    live = engine.optimizer.optimizer.param_groups
+    if len(groups) != len(live):
+        raise CheckpointError(
+            f"{universal} has {len(groups)} optimizer param groups and this job's optimizer {len(live)}; resume with "
+            f"the optimizer that saved it"
+        )
+    for group, settings in zip(live, groups, strict=True):
+        group.update({k: v for k, v in settings.items() if k != "params"})
+
+
 def load_resharded(
     engine: DeepSpeedEngine,
     folder: Path,
@@ -367,6 +385,8 @@ def load_resharded(
         config.load_universal_checkpoint = previous
     if load_path is None:
         raise CheckpointError(f"DeepSpeed found no model state files in {universal}")
+    if manifest.zero_stage >= 3 and load_optimizer_states:
+        restore_param_group_settings(engine, universal)
     reseed_rank_without_state(manifest, dist.get_rank())
     info = ReshardInfo(
         from_world_size=manifest.world_size,
