@@ -183,18 +183,19 @@ def main() -> None:
         ckpt = base / "saved" / "checkpoints" / "step_00000001"
         print(f"checkpoint of step 1 saved in {saved['wall_s']:.1f} s ({ckpt})")
         cases = [("same size (2 ranks)", "same", 2, []), ("2 -> 1, first (converts)", "change", 1, ["train.grad_accum=2"]),
-                 ("2 -> 1, reused", "change", 1, ["train.grad_accum=2"])]  # fmt: skip
+                 ("2 -> 1, reused", "reuse", 1, ["train.grad_accum=2"])]  # fmt: skip
         results = []
         for label, copy, nproc, extra in cases:
             exp = base / copy
-            if not exp.exists():
-                shutil.copytree(base / "saved", exp)
-            shutil.rmtree(exp / "checkpoints" / "step_00000002", ignore_errors=True)
+            shutil.copytree(base / "saved", exp)
+            if copy == "reuse":  # the universal folder the previous case made, as a second resume finds it
+                made = base / "change" / "checkpoints" / "step_00000001.universal"
+                shutil.copytree(made, exp / "checkpoints" / made.name)
             cmd = [*torchrun, str(port()), "--nproc-per-node", str(nproc), "-m", "seo_dist.train", "--resume",
                    str(exp / "checkpoints" / "step_00000001"), "--set", "train.max_steps=2", *extra]  # fmt: skip
             res = run(cmd, work, work / f"{copy}_{len(results)}.log", exp, 2)
             res.update(case=label, ranks=nproc, loaded_s=event_seconds(exp, "checkpoint_loaded"),
-                       resharded_s=event_seconds(exp, "resharded") if copy == "change" else None)  # fmt: skip
+                       resharded_s=event_seconds(exp, "resharded") if nproc == 1 else None)  # fmt: skip
             results.append(res)
         fresh_sets = [f"experiment.base_dir={base}", "experiment.experiment_id=fresh1", "train.max_steps=1",
                       "train.grad_accum=2", *model_sets(args)]  # fmt: skip
@@ -204,21 +205,21 @@ def main() -> None:
         fresh_rss = max(fresh["peak_rss_by_rank"].values())
         bound = state_bound(ckpt, 1)
         print(f"\n{bound['params'] / 1e6:.1f}M parameters, ZeRO-{args.stage}, load average {os.getloadavg()[0]:.1f}")
-        print("| case | to first step (s) | load (s) | reshard (s) | peak RSS per rank (GB) |\n|---|---|---|---|---|")
+        print("| case | to first step (s) | load (s) | reshard (s) | peak RSS per rank (MB) |\n|---|---|---|---|---|")
         for r in results:
-            rss = ", ".join(f"{v / 1e9:.2f}" for v in r["peak_rss_by_rank"].values())
+            rss = ", ".join(f"{v / 1e6:.0f}" for v in r["peak_rss_by_rank"].values())
             reshard = f"{r['resharded_s']:.1f}" if r["resharded_s"] is not None else "-"
             print(f"| {r['case']} | {r['to_first_step_s']:.1f} | {r['loaded_s']:.1f} | {reshard} | {rss} |")
         print(f"| 1 rank, fresh start (baseline, no load) | {fresh['to_first_step_s']:.1f} | - | - | "
-              f"{fresh_rss / 1e9:.2f} |")  # fmt: skip
+              f"{fresh_rss / 1e6:.0f} |")  # fmt: skip
         for r in results[1:]:
             extra_rss = max(r["peak_rss_by_rank"].values()) - fresh_rss
             r["rss_above_fresh_1_rank_bytes"] = extra_rss
             r["time_ratio_vs_same_size"] = r["to_first_step_s"] / results[0]["to_first_step_s"]
             print(f"{r['case']}: {r['time_ratio_vs_same_size']:.2f}x the same-size time to first step (promise: <= 2x); "
-                  f"peak RSS {max(r['peak_rss_by_rank'].values()) / 1e9:.2f} GB, {extra_rss / 1e9:.2f} GB above a fresh "
-                  f"1-rank start, which already holds the 1-rank share of the state ({bound['share_bytes'] / 1e9:.2f} GB); "
-                  f"promise: extra <= the largest parameter's state ({bound['largest_param_bytes'] / 1e9:.2f} GB)")  # fmt: skip
+                  f"peak RSS {max(r['peak_rss_by_rank'].values()) / 1e6:.0f} MB, {extra_rss / 1e6:.0f} MB above a fresh "
+                  f"1-rank start, which already holds the 1-rank share of the state ({bound['share_bytes'] / 1e6:.0f} MB); "
+                  f"promise: extra <= the largest parameter's state ({bound['largest_param_bytes'] / 1e6:.0f} MB)")  # fmt: skip
         write_report(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "bound": bound,
                                  "results": results, "fresh_1_rank": fresh, "saved": saved,
                                  "machine": machine(load_before)})  # fmt: skip

@@ -340,15 +340,18 @@ def reseed_rank_without_state(manifest: Manifest, rank: int) -> bool:
     return True
 
 
-def restore_param_group_settings(engine: DeepSpeedEngine, universal: Path) -> None:
-    """Put back each optimizer param group's own settings (weight decay, betas, lr...) after a ZeRO-3 universal
-    load: DeepSpeed's ZeRO-3 loader copies the first group's settings into every group, which gives the
-    no-decay group (biases, norms, embeddings) the decay group's weight decay. ZeRO-1/2 restore them per group."""
+def repair_zero3_universal_load(engine: DeepSpeedEngine, universal: Path) -> None:
+    """Undo two slips of DeepSpeed's ZeRO-3 universal loader (0.19): it copies the first optimizer param group's
+    settings (weight decay, betas...) into every group, which gives the no-decay group (biases, norms,
+    embeddings) the decay group's weight decay; and it hands every sub-group the same ``step`` tensor, which
+    the optimizer increments in place once per sub-group, so from the second sub-group on Adam's bias
+    correction uses a step count that runs ahead. ZeRO-1/2 restore both per group."""
     import torch
 
     saved = torch.load(universal / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
     groups = saved["optimizer_state_dict"]["param_groups"]
-    live = engine.optimizer.optimizer.param_groups
+    zero = engine.optimizer
+    live = zero.optimizer.param_groups
     if len(groups) != len(live):
         raise CheckpointError(
             f"{universal} has {len(groups)} optimizer param groups and this job's optimizer {len(live)}; resume with "
@@ -356,6 +359,10 @@ def restore_param_group_settings(engine: DeepSpeedEngine, universal: Path) -> No
         )
     for group, settings in zip(live, groups, strict=True):
         group.update({k: v for k, v in settings.items() if k != "params"})
+    for flat in zero.fp32_partitioned_groups_flat:
+        state = zero.optimizer.state.get(flat)
+        if state is not None and isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
 
 
 def load_resharded(
@@ -386,7 +393,7 @@ def load_resharded(
     if load_path is None:
         raise CheckpointError(f"DeepSpeed found no model state files in {universal}")
     if manifest.zero_stage >= 3 and load_optimizer_states:
-        restore_param_group_settings(engine, universal)
+        repair_zero3_universal_load(engine, universal)
     reseed_rank_without_state(manifest, dist.get_rank())
     info = ReshardInfo(
         from_world_size=manifest.world_size,
