@@ -350,7 +350,8 @@ class SEOTrainer:
             self._log_checkpoint_stats(self.checkpoints.poll(raise_errors=False))
             if not stop and self.job.checkpoint.export_final and info.is_rank_zero and result.exp_dir is not None:
                 export_final_model(self._last_checkpoint, result.exp_dir, self.job.checkpoint.export_dtype,
-                                   event=self.tracker.log_event, step=self.step)  # fmt: skip
+                                   event=self.tracker.log_event, step=self.step,
+                                   signing_key_file=self.job.checkpoint.signing_key_file)  # fmt: skip
 
     def _log_checkpoint_stats(self, finished: list[dict[str, Any]]) -> None:
         """``ckpt/*`` metrics of saves whose background work just finished (rank 0 logs them)."""

@@ -48,6 +48,9 @@ class ExperimentConfig:
     """Copy the source that ran into ``code_snapshot/``."""
     code_snapshot_max_mb: Annotated[Float, Gt(0)] = 20.0
     """Cap on the code snapshot; files over 1 MB are always skipped."""
+    code_snapshot_exclude: list[Str] = field(default_factory=list)
+    """Glob patterns (e.g. ``data/private/*``) left out of the code snapshot, besides the
+    files that look like secrets by name (``.env*``, ``*.pem``, ``*.key``, SSH keys, ...) or content."""
     tensorboard: Bool = True
     """Write TensorBoard event files under ``logs/tensorboard``."""
     wandb: Literal["offline", "online", "disabled"] = "offline"
