@@ -50,7 +50,7 @@ LEGACY_RANK_STATE_GLOBALS = (
 """numpy's RNG state as older seo_dist rank-state files stored it (an array of uint32)."""
 
 _REFUSED = (
-    re.compile(r"(?i)unsupported global:? GLOBAL ([\w.]+)"),
+    re.compile(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)"),
     re.compile(r"but got <class '([\w.]+)'>"),
     re.compile(r"Unsupported operand (\d+)"),
 )
