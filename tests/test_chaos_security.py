@@ -63,8 +63,11 @@ def edit_random_field(folder: Path, rng: random.Random) -> str:
 
 @pytest.mark.chaos
 def test_random_tampering_of_a_signed_deepspeed_checkpoint_is_caught_by_verify(
-    security_run, key_files, tmp_path, capsys
-):  # noqa: E501, F811
+    security_run,  # noqa: F811
+    key_files,  # noqa: F811
+    tmp_path,
+    capsys,
+):
     rng = random.Random(SEED)
     src = security_run / "signed" / "checkpoints"
     caught = 0
