@@ -142,7 +142,10 @@ def commit_checkpoint(
         try:
             manifest = make_manifest(records_to_files([r for o in outcomes for r in o.records]))
             fsync_dir(staging)
-            write_manifest(staging, manifest, signing_key)
+            if signing_key is None:
+                write_manifest(staging, manifest)
+            else:
+                write_manifest(staging, manifest, signing_key)
             fsync_dir(staging)
             publish_folder(staging, final)
         except Exception as e:
