@@ -374,5 +374,41 @@ def test_final_model_export_is_signed(secrets_run, key_files, capsys):
     assert rc == 0 and "signed (key id" in text, text
 
 
+def test_log_artifact_never_copies_a_secret(tmp_path):
+    from seo_dist.errors import UserError
+    from seo_dist.tracking.artifacts import copy_artifact
+    from seo_dist.tracking.layout import ExperimentLayout
+
+    s = fake_secrets()
+    layout = ExperimentLayout(tmp_path / "exp")
+    src = tmp_path / "outputs"
+    (src / "sub").mkdir(parents=True)
+    (src / "report.md").write_text("loss went down\n")
+    (src / ".env").write_text(f"HF_TOKEN={s['hf']}\n")
+    (src / "sub" / "log.txt").write_text(f"using key {s['aws']}\n")
+    dest, _ = copy_artifact(src, layout)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == ["report.md"]
+    with pytest.raises(UserError, match=r"\.env looks like a secret"):
+        copy_artifact(src / ".env", layout, "env_copy")
+    assert not (layout.artifacts / "env_copy").exists()
+
+
+def test_git_diff_sections_with_secrets_are_dropped():
+    from seo_dist.tracking.secrets import SecretFilter, scrub_diff
+
+    s = fake_secrets()
+    patch = (
+        "diff --git a/model.py b/model.py\n--- a/model.py\n+++ b/model.py\n@@ -1 +1 @@\n-a\n+b\n"
+        f"diff --git a/cfg.py b/cfg.py\n--- a/cfg.py\n+++ b/cfg.py\n@@ -1 +1 @@\n-x\n+TOKEN = '{s['hf']}'\n"
+        "diff --git a/.env b/.env\n--- a/.env\n+++ b/.env\n@@ -1 +1 @@\n-A=1\n+A=2\n"
+    )
+    kept, dropped = scrub_diff(patch, SecretFilter())
+    assert kept.startswith("diff --git a/model.py") and "cfg.py" not in kept and ".env" not in kept
+    assert [(d.path, d.reason) for d in dropped] == [
+        ("cfg.py", "contains a Hugging Face token"),
+        (".env", "secret file name (.env)"),
+    ]
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
