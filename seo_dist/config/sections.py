@@ -197,6 +197,53 @@ class ProfilingConfig:
         return range_problems(self, "profiling")
 
 
+SLOW_PHASES = ("startup", "first_step", "load", "validation", "checkpoint_save", "final_export", "finish")
+"""Training phases that may legitimately take long (``monitor.slow_phase_timeout_s`` applies to them)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class MonitorConfig:
+    """Hang detection, orphaned workers, stragglers and alerts (:mod:`seo_dist.monitor`)."""
+
+    hang_timeout_s: Annotated[Float, Ge(0)] = 1800.0
+    """No progress on some rank for this long is a hang (0 disables hang detection)."""
+    slow_phase_timeout_s: Annotated[Float, Ge(0)] = 7200.0
+    """The same for start-up and the first step, loading, validation, checkpoint saves and the final export (0: no limit)."""
+    on_hang: Literal["abort", "dump"] = "abort"
+    """abort: dump stacks, record the hang, exit non-zero (torchrun --max-restarts resumes); dump: only dump and record."""
+    heartbeat_interval_s: Annotated[Float, Gt(0), Le(60)] = 1.0
+    """How often each rank publishes its heartbeat to the launcher's store and checks the others'."""
+    startup_collective_timeout_s: Annotated[Float, Gt(0)] = 1800.0
+    """Process-group timeout until the first step is done (start-up, loading a checkpoint)."""
+    collective_timeout_s: Annotated[Float, Gt(0)] = 900.0
+    """Process-group timeout from the first completed step on."""
+    exit_when_orphaned: Bool = True
+    """A worker whose launcher died stops as on SIGTERM (final checkpoint, lock released) and exits."""
+    straggler_factor: Annotated[Float, Gt(1)] = 1.5
+    """Alert when one rank's busy time per step is over this multiple of the median of the others' ..."""
+    straggler_intervals: Positive = 5
+    """... for this many log intervals in a row."""
+    disk_free_alert_gb: Annotated[Float, Ge(0)] = 5.0
+    """Alert when the experiment directory's disk has less free space than this (0 disables)."""
+    alert_webhook: Str | None = None
+    """http(s) URL that receives each alert as a JSON POST (Slack-compatible ``text`` field included)."""
+    alert_command: Str | None = None
+    """Command run with each alert as JSON on standard input (split like a shell, run without one)."""
+
+    __pydantic_config__ = STRICT_KEYS
+
+    def validate(self) -> list[str]:
+        from seo_dist.monitor.alert_config import command_problem, webhook_problem
+
+        problems = range_problems(self, "monitor")
+        problems += [p for p in (webhook_problem(self.alert_webhook), command_problem(self.alert_command)) if p]
+        return problems
+
+    def phase_timeout_s(self, phase: str) -> float:
+        """The progress allowance of ``phase`` (0: unlimited)."""
+        return self.slow_phase_timeout_s if phase in SLOW_PHASES else self.hang_timeout_s
+
+
 @dataclass(kw_only=True, slots=True)
 class JobConfig:
     """Everything one training job needs; each section belongs to one component."""
@@ -207,6 +254,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
     """A standard DeepSpeed config (batch sizes are derived from ``train``)."""
 
@@ -224,6 +272,7 @@ class JobConfig:
         d = self.to_dict()
         del d["experiment"]
         del d["profiling"]
+        del d["monitor"]
         d["checkpoint"] = {}
         d["train"].pop("progress_bar", None)
         d["train"].pop("log_interval", None)
@@ -238,4 +287,5 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "profiling": ProfilingConfig,
+    "monitor": MonitorConfig,
 }

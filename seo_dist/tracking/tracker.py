@@ -360,6 +360,11 @@ class ExperimentTracker:
         elif all_ranks and self.layout is not None and self._state == RUNNING and self.config.tracking_enabled:
             append_rank_event(self.layout.rank_events(self.rank), self.rank, name, level, {**fields, "step": step})
 
+    def add_event_observer(self, observe: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``observe(record)`` with every event rank 0 records from now on (no-op on other ranks)."""
+        if self.logger is not None:
+            self.logger.observers.append(observe)
+
     def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> Path | None:
         """Copy a file or folder into ``artifacts/`` (rank 0; None elsewhere). Returns where it now lives."""
         if self.logger is None or self.layout is None:
