@@ -40,6 +40,7 @@ CONTEXT = AlertContext("exp_1", "/runs/exp_1", "node7")
         ("monitor.on_hang=restart", "monitor.on_hang"),
         ("monitor.straggler_factor=1.0", "monitor.straggler_factor"),
         ("monitor.hang_timeout_s=-1", "monitor.hang_timeout_s"),
+        ("monitor.collective_timeout_s=60", "must be above monitor.hang_timeout_s"),
     ],
 )
 def test_bad_monitor_settings_are_one_line_config_errors(override: str, expected: str) -> None:
@@ -67,6 +68,7 @@ def test_good_settings_load() -> None:
     job = load_config(REPO / "configs" / "tiny_cpu.yaml",
                       ["monitor.alert_webhook=https://hooks.example.com/T0/B0", f"monitor.alert_command={sys.executable} -c pass"])  # fmt: skip
     assert job.monitor.hang_timeout_s >= 600 and job.monitor.on_hang == "abort"
+    assert not job.monitor.validate()
 
 
 # ---------------------------------------------------------------------------- the verdict
@@ -151,7 +153,9 @@ def test_webhook_receives_the_alert_with_slack_text() -> None:
     hook = Webhook()
     try:
         sender = AlertSender(hook.url, None, CONTEXT)
-        sender.on_event({"event": "end", "status": "failed", "step": 7, "message": "RuntimeError: boom", "level": "error"})
+        sender.on_event(
+            {"event": "end", "status": "failed", "step": 7, "message": "RuntimeError: boom", "level": "error"}
+        )
         sender.on_event({"event": "non_finite_loss", "policy": "skip", "step": 8})  # not an alert
         sender.on_event({"event": "checkpoint_save_failed", "step": 9, "message": "disk"})
         assert sender.close(10)

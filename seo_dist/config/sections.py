@@ -205,9 +205,9 @@ SLOW_PHASES = ("startup", "first_step", "load", "validation", "checkpoint_save",
 class MonitorConfig:
     """Hang detection, orphaned workers, stragglers and alerts (:mod:`seo_dist.monitor`)."""
 
-    hang_timeout_s: Annotated[Float, Ge(0)] = 1800.0
+    hang_timeout_s: Annotated[Float, Ge(0)] = 600.0
     """No progress on some rank for this long is a hang (0 disables hang detection)."""
-    slow_phase_timeout_s: Annotated[Float, Ge(0)] = 7200.0
+    slow_phase_timeout_s: Annotated[Float, Ge(0)] = 3600.0
     """The same for start-up and the first step, loading, validation, checkpoint saves and the final export (0: no limit)."""
     on_hang: Literal["abort", "dump"] = "abort"
     """abort: dump stacks, record the hang, exit non-zero (torchrun --max-restarts resumes); dump: only dump and record."""
@@ -215,8 +215,8 @@ class MonitorConfig:
     """How often each rank publishes its heartbeat to the launcher's store and checks the others'."""
     startup_collective_timeout_s: Annotated[Float, Gt(0)] = 1800.0
     """Process-group timeout until the first step is done (start-up, loading a checkpoint)."""
-    collective_timeout_s: Annotated[Float, Gt(0)] = 900.0
-    """Process-group timeout from the first completed step on."""
+    collective_timeout_s: Annotated[Float, Gt(0)] = 1200.0
+    """Process-group timeout from the first completed step on (above ``hang_timeout_s``: the hang is dumped first)."""
     exit_when_orphaned: Bool = True
     """A worker whose launcher died stops as on SIGTERM (final checkpoint, lock released) and exits."""
     straggler_factor: Annotated[Float, Gt(1)] = 1.5
@@ -237,6 +237,11 @@ class MonitorConfig:
 
         problems = range_problems(self, "monitor")
         problems += [p for p in (webhook_problem(self.alert_webhook), command_problem(self.alert_command)) if p]
+        if 0 < self.collective_timeout_s <= self.hang_timeout_s:
+            problems.append(
+                f"monitor.collective_timeout_s ({self.collective_timeout_s:g}) must be above monitor.hang_timeout_s "
+                f"({self.hang_timeout_s:g}): a wedged collective would time out before the hang is found and dumped"
+            )
         return problems
 
     def phase_timeout_s(self, phase: str) -> float:
