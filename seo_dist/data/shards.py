@@ -81,20 +81,24 @@ class SplitWriter:
         self._tokens = self._docs = 0
 
     def add(self, docs: Sequence[Sequence[int]]) -> None:
-        """Append documents (token ids, end-of-text included)."""
-        if not docs:
-            return
-        if self._bin is None:
-            self._open()
-        assert self._bin is not None and self._idx is not None
-        lengths = np.fromiter((len(d) for d in docs), dtype=np.uint64, count=len(docs))
-        flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=self.dtype, count=int(lengths.sum()))
-        self._bin.write(flat)
-        self._idx.write(self._tokens + np.cumsum(lengths, dtype=np.uint64))
-        self._tokens += flat.size
-        self._docs += len(docs)
-        if self._tokens >= self.shard_tokens:
-            self._close()
+        """Append documents (token ids, end-of-text included); a shard is closed after the document that fills it."""
+        while docs:
+            if self._bin is None:
+                self._open()
+            assert self._bin is not None and self._idx is not None
+            lengths = np.fromiter((len(d) for d in docs), dtype=np.uint64, count=len(docs))
+            ends = self._tokens + np.cumsum(lengths, dtype=np.uint64)
+            full = int(np.searchsorted(ends, self.shard_tokens, side="left"))  # the document that fills the shard
+            take = min(full + 1, len(docs))
+            part = docs[:take]
+            flat = np.fromiter(itertools.chain.from_iterable(part), dtype=self.dtype, count=int(lengths[:take].sum()))
+            self._bin.write(flat)
+            self._idx.write(ends[:take])
+            self._tokens += flat.size
+            self._docs += take
+            if self._tokens >= self.shard_tokens:
+                self._close()
+            docs = docs[take:]
 
     def _close(self) -> None:
         if self._bin is None or self._idx is None:
