@@ -125,7 +125,7 @@ def test_bad_json_names_file_and_line_and_skip_bad_counts(tmp_path, capsys):
         ('{"title": "t", "keywords": "k", "summary": "s"}\n', "missing field(s) meta_description"),
         ("\n\n", "no documents in"),
         (b"\x1f\x8b\x08\x00garbage", "cannot read"),
-        ('[1, 2]\n', "a JSON object is expected"),
+        ("[1, 2]\n", "a JSON object is expected"),
     ],
     ids=["missing-field", "empty", "unreadable-gzip", "not-an-object"],
 )
