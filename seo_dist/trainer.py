@@ -22,7 +22,7 @@ import torch
 
 from seo_dist import dist
 from seo_dist.config import TRAIN_LOSS, VAL_LOSS, JobConfig, job_problems
-from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
+from seo_dist.data import ShardedLoader, validation_batches
 from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.engine.ds_config import resolve_deepspeed, zero_stage
 from seo_dist.errors import ConfigError, error_line
@@ -84,26 +84,44 @@ class SEOTrainer:
     # ------------------------------------------------------------------ setup
 
     def _setup_tokenizer(self) -> None:
-        self.corpus = load_corpus(self.job.data.corpus)
-        self.tokenizer = get_tokenizer(self.corpus, self.job.data.vocab_size, self.job.data.tokenizer)
+        """The prepared dataset (``data.dataset``, or ``data.corpus`` prepared into the cache) and its tokenizer."""
+        from seo_dist.data.cache import prepare_cached
+        from seo_dist.data.dataset import open_dataset
+        from seo_dist.data.tokenizer import load_tokenizer, tokenizer_hash
+
+        data = self.job.data
+        own = load_tokenizer(data.tokenizer) if data.tokenizer is not None else None
+        own_hash = tokenizer_hash(own) if own is not None else None
+        path, self.dataset_prepared = Path(data.dataset or ""), False
+        if data.dataset is None:
+            path, self.dataset_prepared = prepare_cached(
+                data.corpus, vocab_size=data.vocab_size, val_fraction=data.val_fraction,
+                tokenizer_dir=data.tokenizer, tokenizer_hash=own_hash, local_rank=dist.get_dist_info().local_rank,
+            )  # fmt: skip
+        self.dataset = open_dataset(path, verify=data.verify, tokenizer_hash=own_hash, seq_len=self.job.train.seq_len)
+        self.tokenizer = own if own is not None else load_tokenizer(self.dataset.tokenizer_dir)
 
     def _setup_data(self, info: dist.DistInfo) -> None:
-        job = self.job
-        train_records, val_records = split_records(self.corpus.records, job.data.val_fraction)
-        seq_len, mb = job.train.seq_len, job.train.micro_batch_size
-        self.train_blocks = pack_blocks(train_records, self.tokenizer, seq_len)
-        self.val_blocks = pack_blocks(val_records, self.tokenizer, seq_len)
+        t = self.job.train
+        self.train_samples = self.dataset.windows("train", t.seq_len)
+        self.val_samples = self.dataset.windows("val", t.seq_len)
         try:
-            self.loader = ShardedLoader(
-                self.train_blocks, mb, rank=info.rank, world_size=info.world_size, seed=job.train.seed
-            )
+            self.loader = ShardedLoader(self.train_samples, t.micro_batch_size, rank=info.rank,
+                                        world_size=info.world_size, seed=t.seed, grad_accum=t.grad_accum)  # fmt: skip
         except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if self.val_blocks.shape[0] // info.world_size < mb:
+            raise ConfigError(f"data: {e}") from None
+        if len(self.val_samples) // info.world_size < t.micro_batch_size:
             raise ConfigError(
-                f"the validation split has {self.val_blocks.shape[0]} blocks, too few for "
-                f"{info.world_size} rank(s) x train.micro_batch_size={mb}; raise data.val_fraction"
+                f"the validation split has {len(self.val_samples)} samples, too few for "
+                f"{info.world_size} rank(s) x train.micro_batch_size={t.micro_batch_size}; raise data.val_fraction"
             )
+
+    def _log_dataset(self) -> None:
+        ds = self.dataset
+        self.tracker.log_event(
+            "dataset_ready", path=str(ds.path), prepared=self.dataset_prepared, train_tokens=ds.tokens("train"),
+            val_tokens=ds.tokens("val"), train_samples=len(self.train_samples), tokenizer_hash=ds.tokenizer_hash,
+        )  # fmt: skip
 
     def _build_model(self) -> None:
         from seo_dist.model import build_model
@@ -252,6 +270,7 @@ class SEOTrainer:
         self._build_model()
         self._setup_data(info)
         exp_dir = self._start_tracking()
+        self._log_dataset()
         self.monitor = Monitor(job.monitor, tracker=self.tracker, exp_dir=exp_dir).start()
         self._stop.install()
         result = self._result = TrainResult(status="running", step=0, exp_dir=exp_dir)
@@ -406,7 +425,7 @@ class SEOTrainer:
         engine.eval()
         total, count = 0.0, 0.0
         for batch in validation_batches(
-            self.val_blocks, t.micro_batch_size, info.rank, info.world_size, t.eval_batches
+            self.val_samples, t.micro_batch_size, info.rank, info.world_size, t.eval_batches
         ):
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             total += engine(**batch).loss.float().item()

@@ -112,7 +112,11 @@ class DataConfig:
     """Corpus and tokenizer."""
 
     corpus: Str | None = None
-    """JSONL file of SEO records; default: the corpus shipped with seo_dist."""
+    """JSONL file of SEO records; default: the corpus shipped with seo_dist. Prepared once into a cache folder."""
+    dataset: Str | None = None
+    """A folder written by ``seo-dist prepare-data`` (memory-mapped token shards); replaces ``corpus``."""
+    verify: Literal["sizes", "full"] = "sizes"
+    """Checks of the prepared dataset at start: file sizes, or also every file's hash."""
     tokenizer: Str | None = None
     """A local tokenizer directory; default: a byte-level BPE trained from the corpus (cached)."""
     vocab_size: Annotated[Int, Gt(256), Le(1_000_000)] = 4096
@@ -126,6 +130,12 @@ class DataConfig:
         problems = range_problems(self, "data")
         if self.corpus is not None and not Path(self.corpus).is_file():
             problems.append(f"data.corpus: file {self.corpus!r} does not exist")
+        if self.dataset is not None and self.corpus is not None:
+            problems.append("data.dataset and data.corpus are both set; keep one (a dataset is a prepared corpus)")
+        if self.dataset is not None and not Path(self.dataset).is_dir():
+            problems.append(
+                f"data.dataset: directory {self.dataset!r} does not exist; create it with seo-dist prepare-data"
+            )
         if self.tokenizer is not None and not Path(self.tokenizer).is_dir():
             problems.append(f"data.tokenizer: directory {self.tokenizer!r} does not exist")
         return problems
