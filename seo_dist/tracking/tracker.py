@@ -224,9 +224,10 @@ class ExperimentTracker:
                     self.logger.event("metrics_truncated", step=resume_step, rows_dropped=dropped,
                                       message=f"dropped {dropped} metric rows logged after step {resume_step}")  # fmt: skip
             seed_rows = list(iter_jsonl(self.layout.metrics))
+        sinks = build_sinks(self.layout, self.config, self.logger, resume_step,
+                            metadata=self._metadata, save_metadata=self._save_metadata)  # fmt: skip
         self.metrics = MetricsTracker(
-            build_sinks(self.layout, self.config, self.logger, resume_step,
-                        metadata=self._metadata, save_metadata=self._save_metadata),  # fmt: skip
+            sinks,
             self.logger,
             lazy_sinks=lazy_sinks(self.layout, self.config, self._metadata.get("wandb"), config),
             seed_rows=seed_rows,
