@@ -287,13 +287,14 @@ class _RunLink:
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_STATE
 
         name = self.run.experiment_name
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 raise MlflowException(f"MLflow experiment {name!r} is deleted; restore it or set "
-                                      "experiment.mlflow.experiment_name", error_code="INVALID_STATE")  # fmt: skip
+                                      "experiment.mlflow.experiment_name", error_code=INVALID_STATE)  # fmt: skip
             return str(found.experiment_id)
         try:
             return self.client.create_experiment(name)

@@ -57,7 +57,7 @@ def mlflow_sink(
 
     run = MlflowRun(
         tracking_uri=settings.tracking_uri,
-        experiment_name=entry["experiment_name"],
+        experiment_name=str(entry["experiment_name"]),
         run_name=str(metadata.get("experiment_id") or config.experiment_name),
         run_id=entry["run_id"],
         params=run_params(metadata.get("config") or {}),
