@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,40 @@ from seo_dist.config.scalars import STRICT_KEYS, Bool, Float, Int, Str, range_pr
 
 Positive = Annotated[Int, Ge(1)]
 NonNegative = Annotated[Int, Ge(0)]
+
+
+MLFLOW_EXTRA = 'pip install "seo_dist[mlflow]"'
+"""What installs the MLflow client that ``experiment.mlflow`` needs."""
+
+
+def mlflow_installed() -> bool:
+    """True when the ``mlflow`` package can be imported (found without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # ValueError: ``sys.modules["mlflow"]`` is None or has no spec
+        return False
+
+
+@dataclass(kw_only=True, slots=True)
+class MlflowConfig:
+    """The MLflow sink: metrics, params and end-of-run artifacts in an MLflow tracking server."""
+
+    enabled: Bool = False
+    """Log to MLflow too (needs ``pip install "seo_dist[mlflow]"``); ``--resume`` continues the same MLflow run."""
+    tracking_uri: Str | None = None
+    """Tracking server (``http://host:5000``); default ``$MLFLOW_TRACKING_URI``, else MLflow's local default."""
+    experiment_name: Str | None = None
+    """MLflow experiment; default ``experiment.experiment_name``."""
+    close_timeout_s: Annotated[Float, Ge(0)] = 30.0
+    """At the end, how long to wait for rows a down or slow server has not taken (they stay in metrics.jsonl)."""
+
+    __pydantic_config__ = STRICT_KEYS
+
+    def validate(self) -> list[str]:
+        problems = range_problems(self, "experiment.mlflow")
+        if self.enabled and not mlflow_installed():
+            problems.append(f"experiment.mlflow.enabled is true but mlflow is not installed; run: {MLFLOW_EXTRA}")
+        return problems
 
 
 @dataclass(kw_only=True, slots=True)
@@ -54,13 +89,14 @@ class ExperimentConfig:
     """wandb mode; files land under ``logs/wandb``."""
     wandb_project: Str = "seo_dist"
     """wandb project name."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     console: Bool = True
     """Print a metrics line at ``metrics_logging_interval``."""
 
     __pydantic_config__ = STRICT_KEYS
 
     def validate(self) -> list[str]:
-        problems = range_problems(self, "experiment")
+        problems = range_problems(self, "experiment") + self.mlflow.validate()
         if self.experiment_id is not None and (
             not self.experiment_id
             or "/" in self.experiment_id
