@@ -30,6 +30,9 @@ setup(
         "blake3>=0.4",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", "mypy==2.4.1"]},
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", "mypy==2.4.1"],
+        "mlflow": ["mlflow>=3.0"],
+    },
     entry_points={"console_scripts": ["seo-dist=seo_dist.cli:main"]},
 )

@@ -1,5 +1,7 @@
 """Which hash for checkpoint manifests? Raw speed of each algorithm, and what hashing while writing
 costs on top of a write+fsync of the same bytes (the one-pass design of seo_dist.checkpoint.hashing).
+Also what a signing key adds: the HMAC-SHA256 over a manifest (signing it, and checking it on load) and, for
+comparison, blake3 in keyed mode (seo_dist signs the manifest and hashes files with plain blake3 instead).
 
     python benchmarks/bench_hash.py [--size-mb 512] [--repeat 3] [--dir DIR] [--out benchmarks/out/bench_hash.json]
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from _common import machine, write_report  # benchmarks/ is on sys.path: these run as scripts
 
 from seo_dist.checkpoint.hashing import ALGORITHMS, HashingWriter, new_hasher
+from seo_dist.checkpoint.signing import SigningKey, check_signature, sign
 
 CHUNK = 4 << 20  # what torch.save hands the writer for a large tensor is one call; 4 MB keeps memory flat
 
@@ -45,6 +48,41 @@ def blake3_threaded(data: memoryview) -> None:
     for i in range(0, len(data), 64 << 20):
         h.update(data[i : i + (64 << 20)])
     h.hexdigest()
+
+
+def blake3_keyed(data: memoryview) -> None:
+    from blake3 import blake3
+
+    h = blake3(key=bytes(32))
+    for i in range(0, len(data), CHUNK):
+        h.update(data[i : i + CHUNK])
+    h.hexdigest()
+
+
+def manifest_like(n_files: int) -> dict:
+    """A manifest's shape: ZeRO shards with sizes and hashes, plus a job config of a few hundred keys."""
+    files = {
+        f"zero_pp_rank_{i}_mp_rank_00_optim_states.pt": {"size": 10**9 + i, "hash": "ab" * 32} for i in range(n_files)
+    }
+    config = {f"section{i}": {f"key{j}": j * 0.5 for j in range(20)} for i in range(15)}
+    return {
+        "format": "seo_dist.checkpoint/1",
+        "step": 1000,
+        "hash_algorithm": "blake3",
+        "files": files,
+        "config": config,
+    }
+
+
+def signing_cost(repeat: int, n_files: int) -> dict[str, float]:
+    """Microseconds to sign a manifest of ``n_files`` files and to check its signature."""
+    key = SigningKey(bytes(range(32)), "benchmark")
+    data = manifest_like(n_files)
+    rounds = 200
+    sign_s = best_of(repeat, lambda: [sign(data, key) for _ in range(rounds)]) / rounds
+    signed = {**data, "signature": sign(data, key)}
+    check_s = best_of(repeat, lambda: [check_signature(signed, key) for _ in range(rounds)]) / rounds
+    return {"n_files": n_files, "sign_us": sign_s * 1e6, "check_us": check_s * 1e6}
 
 
 def plain_write(path: Path, data: memoryview) -> None:
@@ -92,6 +130,8 @@ def main() -> None:
                 }
             )
     threaded = gb / best_of(args.repeat, lambda: blake3_threaded(data))
+    keyed = gb / best_of(args.repeat, lambda: blake3_keyed(data))
+    signing = [signing_cost(args.repeat, n) for n in (2, 64, 512)]
 
     print(
         f"{args.size_mb} MB, best of {args.repeat}; write+fsync alone: {rows[0]['write_fsync_gbps']:.2f} GB/s; "
@@ -103,7 +143,12 @@ def main() -> None:
             f"{r['algorithm']:<10} {r['hash_gbps']:>10.2f} {r['hashing_write_fsync_gbps']:>22.2f} "
             f"{r['overhead_pct']:>19.1f}%"
         )
-    print(f"blake3 with its own threads (max_threads=AUTO): {threaded:.2f} GB/s")
+    print(f"blake3 with its own threads (max_threads=AUTO): {threaded:.2f} GB/s; blake3 keyed mode: {keyed:.2f} GB/s")
+    for row in signing:
+        print(
+            f"HMAC-SHA256 manifest signature, {row['n_files']} files: sign {row['sign_us']:.0f} us, "
+            f"check {row['check_us']:.0f} us"
+        )
     write_report(
         args.out,
         {
@@ -114,6 +159,8 @@ def main() -> None:
             "machine": machine(load_before),
             "results": rows,
             "blake3_threaded_gbps": threaded,
+            "blake3_keyed_gbps": keyed,
+            "signing": signing,
         },
     )
 

@@ -9,19 +9,25 @@ Scenarios (each call logs ``--scalars`` values):
   burst  calls back to back: the sink thread competes with the caller for the GIL (worst case)
   paced  a GIL-free matmul (about 1 ms on one core) between calls, like a step that mostly runs kernels
 
-  python benchmarks/bench_tracking.py [--calls 5000] [--scalars 8] [--out benchmarks/out/bench_tracking.json]
+``--mlflow server`` adds the MLflow sink, logging to an ``mlflow server`` this script starts on 127.0.0.1
+(sqlite store in a temporary folder): ``log_metrics`` must stay an enqueue while its sender thread posts
+the rows.
+
+  python benchmarks/bench_tracking.py [--calls 5000] [--scalars 8] [--mlflow server] [--out benchmarks/out/bench_tracking.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +77,7 @@ def worker(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     from seo_dist import dist
-    from seo_dist.config import ExperimentConfig
+    from seo_dist.config import ExperimentConfig, MlflowConfig
     from seo_dist.tracking import ExperimentTracker
 
     dist.init_distributed(timeout_s=600)
@@ -81,7 +87,9 @@ def worker(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
 
     for scenario, paced in (("burst", False), ("paced", True)):
-        cfg = ExperimentConfig(experiment_id=f"bench_{scenario}", base_dir=workdir, wandb=args.wandb,
+        mlflow = MlflowConfig(enabled=bool(args.mlflow_uri), tracking_uri=args.mlflow_uri, experiment_name="bench",
+                              close_timeout_s=600.0)  # fmt: skip
+        cfg = ExperimentConfig(experiment_id=f"bench_{scenario}", base_dir=workdir, wandb=args.wandb, mlflow=mlflow,
                                code_snapshot=False, console=False, metrics_logging_interval=10**9)  # fmt: skip
         tracker = ExperimentTracker(cfg)
         tracker.start_experiment()
@@ -131,8 +139,11 @@ def report(per_rank: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"{'scenario':<8} {'what':<30} {'mean us':>9} {'p50 us':>8} {'p99 us':>9} {'max us':>9} {'x add_scalar':>12} "
         f"{'drain us':>9}"
     )
+    sinks = (
+        "jsonl+tensorboard" + ("+wandb" if args.wandb != "disabled" else "") + ("+mlflow" if args.mlflow_uri else "")
+    )
     print(f"log_metrics vs SummaryWriter.add_scalar: {args.calls} calls x {args.scalars} scalars, sinks "
-          f"jsonl+tensorboard{'+wandb' if args.wandb != 'disabled' else ''}, 2 ranks (torchrun, gloo, CPU)")  # fmt: skip
+          f"{sinks}, 2 ranks (torchrun, gloo, CPU)")  # fmt: skip
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -146,10 +157,11 @@ def report(per_rank: list[dict[str, Any]], args: argparse.Namespace) -> None:
             "calls": args.calls,
             "scalars_per_call": args.scalars,
             "wandb": args.wandb,
+            "mlflow": bool(args.mlflow_uri),
             "machine": machine(),
             "rows": rows,
             "notes": "drain us (burst only) = time until the sink thread had written every row (JSONL + "
-            "TensorBoard), per call: the sustained logging rate the sinks keep up with; burst means and maxima "
+            "TensorBoard; not MLflow, whose sender thread posts on its own), per call: the sustained logging rate the sinks keep up with; burst means and maxima "
             "include GIL hand-offs to the sink thread (sys.getswitchinterval() = 5 ms)",
         },
     )
@@ -160,8 +172,12 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=5000)
     p.add_argument("--scalars", type=int, default=8)
     p.add_argument("--wandb", choices=["disabled", "offline"], default="disabled")
+    p.add_argument(
+        "--mlflow", choices=["off", "server"], default="off", help="server: also log to a local mlflow server"
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mlflow-uri", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.calls < 100 or args.scalars < 1:
         p.error("--calls must be >= 100 and --scalars >= 1")
@@ -170,7 +186,37 @@ def main() -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__, "--worker",
            "--calls", str(args.calls), "--scalars", str(args.scalars), "--wandb", args.wandb, "--out", str(Path(args.out).resolve())]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
-    return subprocess.call(cmd, env=env)
+    with mlflow_server(args.mlflow == "server") as uri:
+        return subprocess.call(cmd + (["--mlflow-uri", uri] if uri else []), env=env)
+
+
+@contextlib.contextmanager
+def mlflow_server(start: bool) -> Iterator[str | None]:
+    """A local ``mlflow server`` (sqlite store in a temporary folder) for the run, or None."""
+    if not start:
+        yield None
+        return
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="bench_mlflow_") as tmp:
+        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+               "--artifacts-destination", f"{tmp}/artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        uri = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            yield uri
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ from _common import machine, write_report  # benchmarks/ is on sys.path: these r
 
 from seo_dist.checkpoint.hashing import ALGORITHMS, HashingWriter, new_hasher
 from seo_dist.checkpoint.manifest import Manifest, records_to_files, write_manifest
+from seo_dist.checkpoint.signing import SigningKey
 from seo_dist.checkpoint.verify import verify_checkpoint
 
 CHUNK = 8 << 20
 
 
-def write_checkpoint(folder: Path, n_files: int, file_bytes: int, algorithm: str, block: memoryview) -> None:
+def write_checkpoint(
+    folder: Path, n_files: int, file_bytes: int, algorithm: str, block: memoryview, key: SigningKey | None = None
+) -> None:
     folder.mkdir(parents=True)
     records = []
     for i in range(n_files):
@@ -32,7 +35,7 @@ def write_checkpoint(folder: Path, n_files: int, file_bytes: int, algorithm: str
         for off in range(0, file_bytes, len(block)):
             w.write(block[: min(len(block), file_bytes - off)])
         records.append(w.close())
-    write_manifest(folder, Manifest(step=1, hash_algorithm=algorithm, files=records_to_files(records)))
+    write_manifest(folder, Manifest(step=1, hash_algorithm=algorithm, files=records_to_files(records)), key)
 
 
 def drop_cache(folder: Path) -> bool:
@@ -64,6 +67,12 @@ def main() -> None:
     parser.add_argument("--file-mb", type=int, default=128)
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts for full verify")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="sign each manifest (HMAC-SHA256, a random key) and check the signature in every verify; "
+        "xxh3_128 is skipped (a signed manifest never lists it)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "bench_verify.json")
     args = parser.parse_args()
@@ -74,10 +83,12 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     load_before = os.getloadavg()
     rows = []
+    key = SigningKey(os.urandom(32), "benchmark") if args.signed else None
+    algorithms = [a for a in args.algorithms.split(",") if not (args.signed and a == "xxh3_128")]
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for algorithm in args.algorithms.split(","):
+        for algorithm in algorithms:
             folder = Path(tmp) / algorithm
-            write_checkpoint(folder, args.files, file_bytes, algorithm, block)
+            write_checkpoint(folder, args.files, file_bytes, algorithm, block, key)
             raw = raw_hash_gbps(algorithm, block, min(total, 1 << 30))
             runs = [("quick", "warm", 1)]
             runs += [("full", cache, n) for cache in ("warm", "cold") for n in threads]
@@ -85,14 +96,15 @@ def main() -> None:
                 if cache == "cold" and not drop_cache(folder):
                     continue
                 if cache == "warm":  # prime the page cache
-                    verify_checkpoint(folder, "full", threads=1) if mode == "full" else None
-                report = verify_checkpoint(folder, mode, threads=n)
+                    verify_checkpoint(folder, "full", threads=1, key=key) if mode == "full" else None
+                report = verify_checkpoint(folder, mode, threads=n, key=key)
                 if not report.ok:
                     raise SystemExit(f"benchmark checkpoint failed verification: {report.summary()}")
                 gbps = total / 1e9 / report.seconds
                 rows.append(
                     {
                         "algorithm": algorithm,
+                        "signed": key is not None,
                         "mode": mode,
                         "cache": cache,
                         "threads": n,
@@ -105,7 +117,7 @@ def main() -> None:
 
     print(
         f"{args.files} files x {args.file_mb} MB = {total / 1e9:.2f} GB; {os.cpu_count()} CPUs, "
-        f"load average {load_before[0]:.2f}"
+        f"load average {load_before[0]:.2f}; manifests {'signed, signature checked' if key else 'unsigned'}"
     )
     print(
         f"{'algorithm':<10} {'mode':<6} {'cache':<5} {'threads':>7} {'seconds':>8} {'GB/s':>7} "

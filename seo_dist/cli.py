@@ -16,6 +16,7 @@ from seo_dist.errors import UserError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("seo_dist.train", "train a model from a YAML config (same as python -m seo_dist.train)"),
+    "prepare-data": ("seo_dist.data.commands", "tokenize JSONL/text once into memory-mapped token shards"),
     "verify": ("seo_dist.checkpoint.commands.verify", "re-hash a checkpoint folder; exit 0 valid, 1 invalid"),
     "ls": ("seo_dist.checkpoint.commands.ls", "list an experiment's committed checkpoints"),
     "consolidate": ("seo_dist.export.commands", "ZeRO shards -> a Hugging Face model folder"),

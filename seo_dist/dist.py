@@ -161,6 +161,20 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     return info
 
 
+def set_collective_timeout(timeout_s: float) -> bool:
+    """Change the default process group's collective timeout (a long one for start-up, a shorter one once
+    training runs); False where there is no group or this torch cannot change it."""
+    if not is_initialized():
+        return False
+    try:
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+
+        _set_pg_timeout(datetime.timedelta(seconds=timeout_s))
+    except Exception:  # noqa: BLE001 - an older torch, or a backend without a settable timeout
+        return False
+    return True
+
+
 def ensure_process_group() -> None:
     """Make sure a default process group exists, for libraries that insist on one (DeepSpeed).
 

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     job = resolve_job(args)
     _quiet_libraries()
     try:
-        dist.init_distributed()
+        dist.init_distributed(job.monitor.startup_collective_timeout_s)
         plan = plan_resume(args.resume, job.experiment)  # collective on a torchrun restart
         result = SEOTrainer(job, resume=plan).train()
     except (NonFiniteLossError, CheckpointSaveError) as e:

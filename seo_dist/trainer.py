@@ -8,6 +8,7 @@ saves and the profiler's log-interval gather.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -21,10 +22,12 @@ import torch
 
 from seo_dist import dist
 from seo_dist.config import TRAIN_LOSS, VAL_LOSS, JobConfig, job_problems
-from seo_dist.data import ShardedLoader, get_tokenizer, load_corpus, pack_blocks, split_records, validation_batches
+from seo_dist.data import ShardedLoader, validation_batches
 from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.engine.ds_config import resolve_deepspeed, zero_stage
 from seo_dist.errors import ConfigError, error_line
+from seo_dist.monitor import heartbeat as hb
+from seo_dist.monitor.watchdog import Monitor
 from seo_dist.resume import (
     ResumePlan,
     global_batch_problem,
@@ -82,30 +85,49 @@ class SEOTrainer:
         self.model: torch.nn.Module | None = None
         self._last_checkpoint: Path | None = None
         self._stop = StopFlag()
+        self.monitor: Monitor | None = None
 
     # ------------------------------------------------------------------ setup
 
     def _setup_tokenizer(self) -> None:
-        self.corpus = load_corpus(self.job.data.corpus)
-        self.tokenizer = get_tokenizer(self.corpus, self.job.data.vocab_size, self.job.data.tokenizer)
+        """The prepared dataset (``data.dataset``, or ``data.corpus`` prepared into the cache) and its tokenizer."""
+        from seo_dist.data.cache import prepare_cached
+        from seo_dist.data.dataset import open_dataset
+        from seo_dist.data.tokenizer import load_tokenizer, tokenizer_hash
+
+        data = self.job.data
+        own = load_tokenizer(data.tokenizer) if data.tokenizer is not None else None
+        own_hash = tokenizer_hash(own) if own is not None else None
+        path, self.dataset_prepared = Path(data.dataset or ""), False
+        if data.dataset is None:
+            path, self.dataset_prepared = prepare_cached(
+                data.corpus, vocab_size=data.vocab_size, val_fraction=data.val_fraction,
+                tokenizer_dir=data.tokenizer, tokenizer_hash=own_hash, local_rank=dist.get_dist_info().local_rank,
+            )  # fmt: skip
+        self.dataset = open_dataset(path, verify=data.verify, tokenizer_hash=own_hash, seq_len=self.job.train.seq_len)
+        self.tokenizer = own if own is not None else load_tokenizer(self.dataset.tokenizer_dir)
 
     def _setup_data(self, info: dist.DistInfo) -> None:
-        job = self.job
-        train_records, val_records = split_records(self.corpus.records, job.data.val_fraction)
-        seq_len, mb = job.train.seq_len, job.train.micro_batch_size
-        self.train_blocks = pack_blocks(train_records, self.tokenizer, seq_len)
-        self.val_blocks = pack_blocks(val_records, self.tokenizer, seq_len)
+        t = self.job.train
+        self.train_samples = self.dataset.windows("train", t.seq_len)
+        self.val_samples = self.dataset.windows("val", t.seq_len)
         try:
-            self.loader = ShardedLoader(
-                self.train_blocks, mb, rank=info.rank, world_size=info.world_size, seed=job.train.seed
-            )
+            self.loader = ShardedLoader(self.train_samples, t.micro_batch_size, rank=info.rank,
+                                        world_size=info.world_size, seed=t.seed, grad_accum=t.grad_accum)  # fmt: skip
         except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if self.val_blocks.shape[0] // info.world_size < mb:
+            raise ConfigError(f"data: {e}") from None
+        if len(self.val_samples) // info.world_size < t.micro_batch_size:
             raise ConfigError(
-                f"the validation split has {self.val_blocks.shape[0]} blocks, too few for "
-                f"{info.world_size} rank(s) x train.micro_batch_size={mb}; raise data.val_fraction"
+                f"the validation split has {len(self.val_samples)} samples, too few for "
+                f"{info.world_size} rank(s) x train.micro_batch_size={t.micro_batch_size}; raise data.val_fraction"
             )
+
+    def _log_dataset(self) -> None:
+        ds = self.dataset
+        self.tracker.log_event(
+            "dataset_ready", path=str(ds.path), prepared=self.dataset_prepared, train_tokens=ds.tokens("train"),
+            val_tokens=ds.tokens("val"), train_samples=len(self.train_samples), tokenizer_hash=ds.tokenizer_hash,
+        )  # fmt: skip
 
     def _build_model(self) -> None:
         from seo_dist.model import build_model
@@ -205,14 +227,15 @@ class SEOTrainer:
         """Save on every rank; log how long the loop was blocked (``ckpt/stall_s``). The final save is
         synchronous: it is committed when this returns (a pre-empted job may be killed right after)."""
         start = time.perf_counter()
-        self._last_checkpoint = self.checkpoints.save_checkpoint(
-            self.engine,
-            step=self.step,
-            metrics=metrics,
-            epoch=self.loader.epoch,
-            rank_state={"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen},
-            blocking=True if final else None,
-        )
+        with self._phase(hb.CHECKPOINT_SAVE):
+            self._last_checkpoint = self.checkpoints.save_checkpoint(
+                self.engine,
+                step=self.step,
+                metrics=metrics,
+                epoch=self.loader.epoch,
+                rank_state={"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen},
+                blocking=True if final else None,
+            )
         self.tracker.log_metrics({"ckpt/stall_s": time.perf_counter() - start}, step=self.step)
 
     def _start_tracking(self) -> Path | None:
@@ -243,7 +266,7 @@ class SEOTrainer:
         problems = job_problems(self.job)  # a JobConfig built in Python has not been through load_config
         if problems:
             raise ConfigError("; ".join(problems))
-        info = dist.init_distributed()
+        info = dist.init_distributed(self.job.monitor.startup_collective_timeout_s)
         resume = self._resume
         self.plan = resume if isinstance(resume, ResumePlan) else plan_resume(resume, self.job.experiment)
         # the job as this run executes it: a resumed experiment keeps its directory (the caller's job is not changed)
@@ -256,6 +279,8 @@ class SEOTrainer:
         self._build_model()
         self._setup_data(info)
         exp_dir = self._start_tracking()
+        self._log_dataset()
+        self.monitor = Monitor(job.monitor, tracker=self.tracker, exp_dir=exp_dir).start()
         self._stop.install()
         result = self._result = TrainResult(status="running", step=0, exp_dir=exp_dir)
         try:
@@ -263,8 +288,10 @@ class SEOTrainer:
             self._build_profiler(exp_dir)
             self._build_checkpointer(exp_dir)
             seed_everything(job.train.seed + info.rank)
-            resumed = self._restore()  # after seeding: a checkpoint restores every RNG
+            with self._phase(hb.LOAD):
+                resumed = self._restore()  # after seeding: a checkpoint restores every RNG
             self._train_loop(info, result, resumed)
+            self.monitor.check_orphaned()  # records why the run stops when its launcher died
             if self.checkpoints is not None:
                 self.checkpoints.close()  # the save in flight is committed (or its failure raised) before "completed"
             result.status = "interrupted" if self._stop.requested else "completed"
@@ -277,11 +304,17 @@ class SEOTrainer:
             raise
         finally:
             self._close_checkpoints()
+            if self.monitor is not None:
+                self.monitor.stop()  # after the end record: its alert is delivered (bounded wait)
             self._stop.restore()
             if self.profiler is not None:
                 self.profiler.close()
         result.step = self.step
         return result
+
+    def _phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """The monitor's heartbeat shows ``name`` (a phase allowed to take long) for the block."""
+        return self.monitor.phase(name) if self.monitor is not None else contextlib.nullcontext()
 
     def _close_checkpoints(self) -> None:
         """Finish the save in flight before the process group goes away (idempotent). On the error path its
@@ -296,7 +329,9 @@ class SEOTrainer:
     def _train_loop(self, info: dist.DistInfo, result: TrainResult, resumed: bool) -> None:
         from tqdm import tqdm
 
-        engine, t = self.engine, self.job.train
+        engine, t, monitor = self.engine, self.job.train, self.monitor
+        if monitor is None:
+            raise RuntimeError("train() starts the monitor before the loop")
         tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * info.world_size
         result.initial_val_loss = self.evaluate()
         if not resumed:  # a resumed run logged this step's validation before it stopped
@@ -316,12 +351,14 @@ class SEOTrainer:
         stop, step_metrics = False, {}
         window_loss, window_steps, window_start = 0.0, 0, loop_start
         while self.step < t.max_steps:
+            monitor.beat(self.step)
             outcome = train_step(self.step)
             loss, stop = outcome.loss, outcome.stop
             self.step += 1
             self.tokens_seen += tokens_per_step
             window_loss, window_steps = window_loss + loss, window_steps + 1
             self.profiler.step_end(self.step)
+            monitor.step_done(self.step)
             if self.checkpoints is not None:
                 if outcome.checkpoint_failed:  # every rank raises the failed save's error at this same step
                     self.checkpoints.wait()
@@ -336,6 +373,7 @@ class SEOTrainer:
                     **self.profiler.collect(self.step),
                 }
                 self._log(metrics, result)
+                monitor.observe_metrics(metrics, self.step)
                 bar.set_postfix(loss=f"{metrics[TRAIN_LOSS]:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             bar.update(1)
@@ -349,6 +387,7 @@ class SEOTrainer:
             if stop:
                 break
         bar.close()
+        monitor.heartbeat.phase(hb.FINISH)
         result.loop_time_s = time.perf_counter() - loop_start
         if not stop:  # pre-empted: spend the grace period on the checkpoint, not on validation
             result.final_val_loss = self.evaluate()
@@ -358,8 +397,10 @@ class SEOTrainer:
             self._save(step_metrics, final=True)
             self._log_checkpoint_stats(self.checkpoints.poll(raise_errors=False))
             if not stop and self.job.checkpoint.export_final and info.is_rank_zero and result.exp_dir is not None:
-                export_final_model(self._last_checkpoint, result.exp_dir, self.job.checkpoint.export_dtype,
-                                   event=self.tracker.log_event, step=self.step)  # fmt: skip
+                with self._phase(hb.FINAL_EXPORT):
+                    export_final_model(self._last_checkpoint, result.exp_dir, self.job.checkpoint.export_dtype,
+                                       event=self.tracker.log_event, step=self.step,
+                                       signing_key_file=self.job.checkpoint.signing_key_file)  # fmt: skip
 
     def _log_checkpoint_stats(self, finished: list[dict[str, Any]]) -> None:
         """``ckpt/*`` metrics of saves whose background work just finished (rank 0 logs them)."""
@@ -381,16 +422,20 @@ class SEOTrainer:
             self._log({best: metrics[best]}, self._result)
         return metrics
 
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss over all ranks (every rank runs the same number of batches). Collective."""
+        with self._phase(hb.VALIDATION):
+            return self._evaluate()
+
+    @torch.no_grad()
+    def _evaluate(self) -> float:
         info = dist.get_dist_info()
         engine, t = self.engine, self.job.train
         was_training = engine.training
         engine.eval()
         total, count = 0.0, 0.0
         for batch in validation_batches(
-            self.val_blocks, t.micro_batch_size, info.rank, info.world_size, t.eval_batches
+            self.val_samples, t.micro_batch_size, info.rank, info.world_size, t.eval_batches
         ):
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             total += engine(**batch).loss.float().item()

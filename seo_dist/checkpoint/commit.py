@@ -30,6 +30,7 @@ from seo_dist.checkpoint.errors import CheckpointError, CheckpointSaveError, Pee
 from seo_dist.checkpoint.hashing import FileRecord
 from seo_dist.checkpoint.layout import checkpoint_name, staging_name
 from seo_dist.checkpoint.manifest import Manifest, records_to_files, write_manifest
+from seo_dist.checkpoint.signing import SigningKey
 from seo_dist.checkpoint.storage import publish_folder
 from seo_dist.errors import error_line
 from seo_dist.fileio import fsync_dir
@@ -124,8 +125,10 @@ def commit_checkpoint(
     *,
     group: ProcessGroup | None = None,
     after_commit: Callable[[Path, Manifest], list[str]] | None = None,
+    signing_key: SigningKey | None = None,
 ) -> CommitResult:
-    """All ranks. Commit the staging folder of ``step`` if every rank wrote its files; see the module doc."""
+    """All ranks. Commit the staging folder of ``step`` if every rank wrote its files; see the module doc.
+    ``signing_key``: sign the manifest (rank 0 needs it; the files' hashes must already be collision resistant)."""
     staging = root / staging_name(step)
     final = root / checkpoint_name(step)
     outcomes = [RankOutcome.from_wire(w) for w in dist.all_gather_object(local.to_wire(), group=group)]
@@ -139,7 +142,10 @@ def commit_checkpoint(
         try:
             manifest = make_manifest(records_to_files([r for o in outcomes for r in o.records]))
             fsync_dir(staging)
-            write_manifest(staging, manifest)
+            if signing_key is None:
+                write_manifest(staging, manifest)
+            else:
+                write_manifest(staging, manifest, signing_key)
             fsync_dir(staging)
             publish_folder(staging, final)
         except Exception as e:

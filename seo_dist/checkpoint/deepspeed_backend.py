@@ -5,8 +5,10 @@
 once per file (model states from data-parallel rank 0 or, with ZeRO-3, from every rank; ``*_optim_states.pt``
 from every rank); each call streams ``torch.save`` through a :class:`~.hashing.HashingWriter` and records
 (relative path, size, hash) for the manifest. The files keep DeepSpeed's names and layout, so
-``engine.load_checkpoint`` and ``zero_to_fp32`` read our folders. :class:`StagingCheckpointEngine` is the
-asynchronous variant: it copies instead of writing.
+``engine.load_checkpoint`` and ``zero_to_fp32`` read our folders. Its ``load``, through which DeepSpeed's
+``load_checkpoint`` reads every model and optimizer state file, unpickles with ``weights_only=True`` and the
+allowlist of :mod:`.safe_load`. :class:`StagingCheckpointEngine` is the asynchronous variant: it copies
+instead of writing.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointCommitInfo, CheckpointEngine
 from deepspeed.runtime.engine import DeepSpeedEngine
 
 from seo_dist.checkpoint.errors import CheckpointError, IncompatibleCheckpointError
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.manifest import Manifest
+from seo_dist.checkpoint.safe_load import safe_torch_load
 from seo_dist.checkpoint.staging import HostStager, StagedFile
 from seo_dist.errors import error_line
 
@@ -73,7 +75,8 @@ class HashingCheckpointEngine(CheckpointEngine):
         return write_torch_file(state_dict, folder, relpath, self.algorithm)
 
     def load(self, path: str, map_location: Any = None) -> Any:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        """DeepSpeed's read of one checkpoint file: tensors, plain data and DeepSpeed's few state classes only."""
+        return safe_torch_load(path, map_location)
 
     def commit(self, info: CheckpointCommitInfo) -> bool:
         return True  # seo_dist commits after save_checkpoint returns: see seo_dist.checkpoint.commit

@@ -13,6 +13,22 @@ class ManifestError(CheckpointError):
     """``manifest.json`` is missing or unreadable: the folder is not a committed checkpoint."""
 
 
+class SignedManifestError(ManifestError):
+    """The manifest's signature does not hold under the configured key: ``kind`` is ``unsigned`` or
+    ``signature mismatch``. Nothing else of the folder is read."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (str(self), self.kind)
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file names an object outside the allowlist of what checkpoints hold: refused unread."""
+
+
 class CheckpointSaveError(CheckpointError):
     """A save failed on some rank (I/O error, full disk); nothing was committed and ``latest`` is unchanged."""
 

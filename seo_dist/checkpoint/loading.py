@@ -23,6 +23,7 @@ from seo_dist.checkpoint.events import EventRelay
 from seo_dist.checkpoint.layout import TORCH_STATE_FILE, rank_state_file
 from seo_dist.checkpoint.manifest import ConfigStamp, Manifest, read_manifest
 from seo_dist.checkpoint.selection import load_candidates
+from seo_dist.checkpoint.signing import SigningKey
 from seo_dist.checkpoint.verify import extra_files, verify_files
 from seo_dist.errors import error_line
 
@@ -30,6 +31,14 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestTrust:
+    """Which manifests a load accepts: with ``key``, signed by it (or unsigned, when ``allow_unsigned``)."""
+
+    key: SigningKey | None = None
+    allow_unsigned: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +70,9 @@ def config_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) ->
     return sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...))
 
 
-def _read_manifest_or_reason(folder: Path) -> Manifest | str:
+def _read_manifest_or_reason(folder: Path, trust: ManifestTrust) -> Manifest | str:
     try:
-        return read_manifest(folder)
+        return read_manifest(folder, trust.key, allow_unsigned=trust.allow_unsigned)
     except ManifestError as e:
         return str(e)
 
@@ -90,20 +99,30 @@ def read_rank_file(folder: Path, manifest: Manifest) -> dict[str, Any] | None:
     name = rank_state_file(dist.get_rank())
     if name not in manifest.files:
         return None
-    import torch
+    from seo_dist.checkpoint.safe_load import load_rank_state_file
 
-    return torch.load(folder / name, map_location="cpu", weights_only=False)
+    return load_rank_state_file(folder / name)
 
 
 class CheckpointLoader:
     """Loads from one checkpoints root: ``verify_mode`` (full, quick, off) before each load, events through
-    ``events``, and ``stamp`` compared with the saved config."""
+    ``events``, ``stamp`` compared with the saved config, and ``trust`` deciding which manifests are accepted (their
+    signature is checked before any other file of the folder is read)."""
 
-    def __init__(self, root: Path, *, verify_mode: str, events: EventRelay, stamp: ConfigStamp) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        verify_mode: str,
+        events: EventRelay,
+        stamp: ConfigStamp,
+        trust: ManifestTrust | None = None,
+    ) -> None:
         self.root = root
         self.verify_mode = verify_mode
         self.events = events
         self.stamp = stamp
+        self.trust = trust or ManifestTrust()
 
     def load(
         self, request: LoadRequest, backend: CheckpointBackend | None, group: ProcessGroup | None
@@ -178,7 +197,7 @@ class CheckpointLoader:
         self, folder: Path, backend: CheckpointBackend | None, request: LoadRequest, group: ProcessGroup | None
     ) -> tuple[str | None, dict[str, Any]]:
         """Collective: verify and load one folder. (None, loaded) on success, else (reason, {})."""
-        manifest = run_on_rank_zero(lambda: _read_manifest_or_reason(folder), group)
+        manifest = run_on_rank_zero(lambda: _read_manifest_or_reason(folder, self.trust), group)
         if isinstance(manifest, str):
             return manifest, {}
         if backend is not None:  # same manifest on every rank: raises everywhere or nowhere
@@ -204,9 +223,9 @@ class CheckpointLoader:
                     )
                 )
             elif manifest.engine == "torch":
-                import torch
+                from seo_dist.checkpoint.safe_load import load_torch_state_file
 
-                loaded["state"] = torch.load(folder / TORCH_STATE_FILE, map_location="cpu", weights_only=False)
+                loaded["state"] = load_torch_state_file(folder / TORCH_STATE_FILE)
             loaded["rank_file"] = read_rank_file(folder, manifest)
         except Exception as e:  # noqa: BLE001 - gathered below so that every rank falls back together
             error = error_line(e)

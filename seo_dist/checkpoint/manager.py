@@ -26,11 +26,12 @@ from seo_dist.checkpoint.backend import select_backend
 from seo_dist.checkpoint.events import EventFn, EventRelay
 from seo_dist.checkpoint.hashing import ALGORITHMS
 from seo_dist.checkpoint.index import scan_checkpoints
-from seo_dist.checkpoint.loading import CheckpointLoader, LoadRequest
+from seo_dist.checkpoint.loading import CheckpointLoader, LoadRequest, ManifestTrust
 from seo_dist.checkpoint.manifest import ConfigStamp
 from seo_dist.checkpoint.retention import CheckpointInfo, best_checkpoint
 from seo_dist.checkpoint.root_keeper import RetentionPolicy, RootKeeper
 from seo_dist.checkpoint.saving import SavePipeline, SaveRequest, SaveStats
+from seo_dist.checkpoint.signing import SigningKey, load_signing_key, signed_algorithm
 from seo_dist.checkpoint.verify import VERIFY_MODES
 from seo_dist.config.checkpoint import CheckpointConfig
 from seo_dist.errors import error_line
@@ -76,6 +77,11 @@ class CheckpointManager:
             logged (event ``checkpoint_save_failed``, error level) while training goes on (``warn``); default
             ``strategy.on_error``.
         pin_memory: pinned staging buffers for CUDA tensors (default: when CUDA is available).
+        signing_key: sign every manifest written and accept only manifests it signed (default: the key of
+            ``strategy.signing_key_file``, else of ``$SEO_DIST_SIGNING_KEY_FILE`` / ``$SEO_DIST_SIGNING_KEY``, else
+            none). Under a key, ``xxh3_128`` per-file hashes become ``blake3``.
+        allow_unsigned: with a key, whether an unsigned checkpoint may still load (default
+            ``strategy.allow_unsigned``).
     """
 
     def __init__(
@@ -95,6 +101,8 @@ class CheckpointManager:
         async_save: bool = False,
         on_error: str | None = None,
         pin_memory: bool | None = None,
+        signing_key: SigningKey | None = None,
+        allow_unsigned: bool | None = None,
     ) -> None:
         self.strategy = strategy if strategy is not None else CheckpointConfig()
         hash_algorithm = hash_algorithm or self.strategy.hash_algorithm
@@ -109,6 +117,8 @@ class CheckpointManager:
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
         self.root = Path(checkpoint_dir)
+        self.signing_key = signing_key or load_signing_key(self.strategy.signing_key_file)
+        hash_algorithm = signed_algorithm(hash_algorithm, self.signing_key)
         self.hash_algorithm = hash_algorithm
         self.verify_on_load = verify_on_load
         self.async_save = async_save
@@ -144,8 +154,14 @@ class CheckpointManager:
             writer=writer,
             on_error=on_error,
             pin_memory=pin_memory,
+            signing_key=self.signing_key,
         )
-        self._loader = CheckpointLoader(self.root, verify_mode=verify_on_load, events=self._events, stamp=stamp)
+        trust = ManifestTrust(
+            self.signing_key, self.strategy.allow_unsigned if allow_unsigned is None else allow_unsigned
+        )
+        self._loader = CheckpointLoader(
+            self.root, verify_mode=verify_on_load, events=self._events, stamp=stamp, trust=trust
+        )
         self._closed = False
         if async_save:
             self._group.ensure_own()

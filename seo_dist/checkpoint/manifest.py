@@ -2,7 +2,8 @@
 
 Its presence is the commit marker: rank 0 writes it only after every rank has written and fsynced
 its files, and a folder without one is never loaded. It carries a sha256 of its own canonical JSON,
-so an edited or damaged manifest is caught like a damaged shard.
+so an edited or damaged manifest is caught like a damaged shard. That checksum guards against accidents only:
+with a signing key (:mod:`.signing`) the manifest also carries an HMAC that nobody without the key can recompute.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seo_dist.checkpoint.errors import ManifestError
+from seo_dist.checkpoint.errors import ManifestError, SignedManifestError
 from seo_dist.checkpoint.hashing import ALGORITHMS, FileRecord
 from seo_dist.checkpoint.layout import MANIFEST
+from seo_dist.checkpoint.signing import SIGNATURE_FIELD, SignatureError, SigningKey, check_signature, sign
 
 FORMAT = "seo_dist.checkpoint/1"
 
@@ -52,6 +54,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     format: str = FORMAT
+    signed_by: str | None = None
+    """The key id of the signature that was checked when this manifest was read (None: not checked or unsigned)."""
 
     @property
     def total_bytes(self) -> int:
@@ -117,7 +121,7 @@ class Manifest:
 
 
 def _checksum(d: dict[str, Any]) -> str:
-    body = {k: v for k, v in d.items() if k != "checksum"}
+    body = {k: v for k, v in d.items() if k != "checksum"}  # the signature, when there is one, is covered
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
@@ -165,10 +169,14 @@ def collect_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """Write and fsync ``manifest.json`` into ``folder`` (a staging folder: the rename that follows is the commit)."""
+def write_manifest(folder: Path, manifest: Manifest, key: SigningKey | None = None) -> None:
+    """Write and fsync ``manifest.json`` into ``folder`` (a staging folder: the rename that follows is the commit);
+    signed with ``key`` when given."""
     path = folder / MANIFEST
     data = manifest.to_dict()
+    if key is not None:
+        data = json.loads(json.dumps(data, default=str))  # what the reader will parse: the signed bytes must match
+        data[SIGNATURE_FIELD] = sign(data, key)
     data["checksum"] = _checksum(data)
     with open(path, "w") as f:
         json.dump(data, f, indent=2, allow_nan=False, default=str)  # default: a Path in a config is stored as text
@@ -177,7 +185,10 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
         os.fsync(f.fileno())
 
 
-def read_manifest(folder: Path) -> Manifest:
+def read_manifest(folder: Path, key: SigningKey | None = None, *, allow_unsigned: bool = True) -> Manifest:
+    """Parse ``folder``'s manifest; with ``key``, check its signature first (an unsigned manifest passes only
+    with ``allow_unsigned``). :class:`ManifestError` (or its :class:`SignedManifestError` subclass) names the
+    problem."""
     path = folder / MANIFEST
     try:
         raw = path.read_bytes()
@@ -191,6 +202,25 @@ def read_manifest(folder: Path) -> Manifest:
         data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"{folder.name}/{MANIFEST}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("checksum") != _checksum(data):
+    if not isinstance(data, dict):
+        raise ManifestError(f"{folder.name}/{MANIFEST}: expected a JSON object")
+    signed = False
+    if key is not None:
+        try:
+            signed = check_signature(data, key, allow_unsigned=allow_unsigned)
+        except SignatureError as e:
+            raise SignedManifestError(f"{folder.name}/{MANIFEST}: {e}", e.kind) from None
+    if data.get("checksum") != _checksum(data):
         raise ManifestError(f"{folder.name}/{MANIFEST}: checksum mismatch (the manifest was edited or damaged)")
-    return Manifest.from_dict(data, where=f"{folder.name}/{MANIFEST}")
+    manifest = Manifest.from_dict(data, where=f"{folder.name}/{MANIFEST}")
+    manifest.signed_by = key.key_id if key is not None and signed else None
+    return manifest
+
+
+def is_signed(folder: Path) -> bool:
+    """True when ``folder``'s manifest carries a signature (not checked: that needs the key)."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and SIGNATURE_FIELD in data

@@ -159,7 +159,7 @@ def _dig(obj: Any, dotted: str) -> bool:
 def missing_key(folder: Path, manifest: Manifest) -> str | None:
     """``"<file>: key <dotted>"`` for the first key the conversion needs and the checkpoint's files lack (a
     DeepSpeed version that writes another layout), else None. Reads one file of each kind, memory-mapped."""
-    import torch
+    from seo_dist.checkpoint.safe_load import safe_torch_load
 
     seen: dict[str, Any] = {}
     for pattern, dotted in _REQUIRED_KEYS[_family(manifest.zero_stage)]:
@@ -168,7 +168,7 @@ def missing_key(folder: Path, manifest: Manifest) -> str | None:
             return f"a *{pattern} file"
         name = names[0]
         if name not in seen:
-            seen[name] = torch.load(folder / name, map_location="cpu", mmap=True, weights_only=False)
+            seen[name] = safe_torch_load(folder / name, mmap=True)
         if not _dig(seen[name], dotted):
             return f"{name}: key {dotted!r}"
     return None
@@ -348,7 +348,9 @@ def repair_zero3_universal_load(engine: DeepSpeedEngine, universal: Path) -> Non
     correction uses a step count that runs ahead. ZeRO-1/2 restore both per group."""
     import torch
 
-    saved = torch.load(universal / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    from seo_dist.checkpoint.safe_load import safe_torch_load
+
+    saved = safe_torch_load(universal / "zero" / "optimizer_state.pt")
     groups = saved["optimizer_state_dict"]["param_groups"]
     zero = engine.optimizer
     live = zero.optimizer.param_groups

@@ -26,6 +26,7 @@ from seo_dist.checkpoint.hashing import write_torch_file
 from seo_dist.checkpoint.layout import checkpoint_name, rank_state_file
 from seo_dist.checkpoint.manifest import ConfigStamp, Manifest, clean_metrics, collect_versions
 from seo_dist.checkpoint.root_keeper import RootKeeper
+from seo_dist.checkpoint.signing import SigningKey
 from seo_dist.checkpoint.staging import HostStager
 from seo_dist.errors import error_line
 
@@ -96,8 +97,10 @@ class SavePipeline:
         writer: BackgroundWriter,
         on_error: str,
         pin_memory: bool | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         self.root = root
+        self.signing_key = signing_key
         self.hash_algorithm = hash_algorithm
         self.stamp = stamp
         self.keeper = keeper
@@ -246,7 +249,13 @@ class SavePipeline:
         commit_start = time.perf_counter()
         try:
             result = commit_checkpoint(
-                self.root, step, outcome, make_manifest, group=self.group.group, after_commit=self.keeper.after_commit
+                self.root,
+                step,
+                outcome,
+                make_manifest,
+                group=self.group.group,
+                after_commit=self.keeper.after_commit,
+                signing_key=self.signing_key,
             )
         except PeersLostAfterCommit as e:  # committed; the job must stop all the same
             self.events.emit("checkpoint_saved", step=step, path=str(e.path), peers_lost=True, error=str(e))

@@ -14,6 +14,7 @@ from seo_dist.checkpoint.errors import IncompatibleCheckpointError
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.layout import TORCH_STATE_FILE
 from seo_dist.checkpoint.manifest import Manifest
+from seo_dist.checkpoint.safe_load import load_torch_state_file
 from seo_dist.checkpoint.staging import HostStager, StagedFile
 
 
@@ -89,7 +90,7 @@ class TorchModuleBackend:
     def load(
         self, folder: Path, *, load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True
     ) -> dict[str, Any]:
-        state = torch.load(folder / TORCH_STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_torch_state_file(folder / TORCH_STATE_FILE)
         if self.model is not None and state.get("model") is not None:
             self.model.load_state_dict(state["model"])
         if self.optimizer is not None and load_optimizer_states and state.get("optimizer") is not None:

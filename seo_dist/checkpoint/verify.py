@@ -2,6 +2,7 @@
 
 ``full`` re-hashes every file (a thread pool across files: hashlib, blake3 and xxhash release the GIL
 on large buffers); ``quick`` compares sizes only (catches truncation and deletion, not bit flips).
+With a signing key the manifest's signature is checked first, before any other file is read.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from seo_dist.checkpoint.errors import ManifestError
+from seo_dist.checkpoint.errors import ManifestError, SignedManifestError
 from seo_dist.checkpoint.hashing import READ_CHUNK, hash_file
 from seo_dist.checkpoint.layout import MANIFEST
-from seo_dist.checkpoint.manifest import Manifest, read_manifest
+from seo_dist.checkpoint.manifest import Manifest, is_signed, read_manifest
+from seo_dist.checkpoint.signing import SigningKey
 
 VerifyMode = Literal["full", "quick", "off"]
 VERIFY_MODES = ("full", "quick", "off")
@@ -27,7 +29,7 @@ VERIFY_MODES = ("full", "quick", "off")
 class FileProblem:
     path: str
     """Relative to the checkpoint folder."""
-    kind: Literal["manifest", "missing", "size", "hash", "unreadable", "extra"]
+    kind: Literal["manifest", "signature", "missing", "size", "hash", "unreadable", "extra"]
     detail: str
 
     def __str__(self) -> str:
@@ -48,12 +50,15 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    signature: str = "not checked"
+    """``signed (key id ...)``, ``unsigned``, ``signature mismatch``, or ``not checked`` (no key given)."""
+
     def summary(self) -> str:
         """One line: what was checked, or the first problems."""
         if self.ok:
             return (
                 f"{self.folder.name}: OK, {self.files_checked} files, {self.bytes_checked / 1e6:.1f} MB "
-                f"({self.mode}) in {self.seconds:.2f} s"
+                f"({self.mode}) in {self.seconds:.2f} s; signature: {self.signature}"
             )
         shown = "; ".join(str(p) for p in self.problems[:3])
         more = f" (+{len(self.problems) - 3} more)" if len(self.problems) > 3 else ""
@@ -119,21 +124,38 @@ def extra_files(folder: Path, manifest: Manifest) -> list[FileProblem]:
 
 
 def verify_checkpoint(
-    folder: str | os.PathLike[str], mode: VerifyMode = "full", threads: int | None = None
+    folder: str | os.PathLike[str],
+    mode: VerifyMode = "full",
+    threads: int | None = None,
+    *,
+    key: SigningKey | None = None,
+    allow_unsigned: bool = False,
 ) -> VerifyReport:
-    """Verify one checkpoint folder; the report names every bad, missing or extra file."""
+    """Verify one checkpoint folder; the report names every bad, missing or extra file. With ``key`` the
+    manifest's signature is checked first (an unsigned manifest is a problem unless ``allow_unsigned``)."""
     if mode not in VERIFY_MODES:
         raise ValueError(f"verify mode must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
     folder = Path(folder)
     start = time.perf_counter()
     report = VerifyReport(folder=folder, mode=mode)
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, key, allow_unsigned=allow_unsigned)
+    except SignedManifestError as e:
+        report.signature = e.kind
+        report.problems.append(FileProblem(MANIFEST, "signature", str(e).split(": ", 1)[-1]))
+        report.seconds = time.perf_counter() - start
+        return report
     except ManifestError as e:
         report.problems.append(FileProblem(MANIFEST, "manifest", str(e).split(": ", 1)[-1]))
         report.seconds = time.perf_counter() - start
         return report
     report.manifest = manifest
+    if manifest.signed_by is not None:
+        report.signature = f"signed (key id {manifest.signed_by})"
+    elif key is not None:
+        report.signature = "unsigned (allowed)"
+    elif is_signed(folder):
+        report.signature = "signed, not checked (no key given)"
     if mode != "off":
         problems, nbytes = verify_files(folder, manifest, list(manifest.files), mode, threads)
         report.problems = problems + extra_files(folder, manifest)

@@ -110,7 +110,15 @@ class CheckpointConfig:
     verify_on_load: Literal["full", "quick", "off"] = "full"
     """Before loading: re-hash every file, check sizes only, or trust the files."""
     hash_algorithm: Literal["xxh3_128", "blake3", "sha256"] = "xxh3_128"
-    """Content hash written into each manifest (computed while writing)."""
+    """Content hash written into each manifest (computed while writing); catches bit rot and torn writes. Under a
+    signing key ``xxh3_128`` becomes ``blake3`` (collision resistant)."""
+    signing_key_file: Str | None = None
+    """File holding a secret key (>= 16 bytes): every manifest gets an HMAC-SHA256 and every load and
+    ``seo-dist verify`` checks it first, so no file can be swapped without the key. Default: the file named by
+    ``$SEO_DIST_SIGNING_KEY_FILE`` (or the key in ``$SEO_DIST_SIGNING_KEY``), else no signing."""
+    allow_unsigned: Bool = False
+    """With a signing key: whether checkpoints without a signature may still load (e.g. those saved before the
+    key was set). Without a key nothing is checked."""
     on_error: Literal["raise", "warn"] = "raise"
     """A failed background save: stop training, or log an error event and go on."""
     export_final: Bool = True

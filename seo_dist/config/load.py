@@ -143,7 +143,9 @@ def job_problems(job: JobConfig) -> list[str]:
     from seo_dist.engine.ds_config import validate_deepspeed
 
     problems = [
-        p for section in (job.experiment, job.model, job.data, job.train, job.profiling) for p in section.validate()
+        p
+        for section in (job.experiment, job.model, job.data, job.train, job.profiling, job.monitor)
+        for p in section.validate()
     ]
     problems.extend(validate_deepspeed(job.deepspeed))
     best = job.checkpoint.best_metric

@@ -50,11 +50,21 @@ def reference_markdown() -> str:
     """A Markdown table of every config key with its type (and range), default and meaning."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for section, cls in SECTIONS.items():
-        docs = field_docs(cls)
-        hints = typing.get_type_hints(cls, include_extras=True)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
-            doc = docs.get(f.name, "").replace("``", "`")
-            rows.append(f"| `{section}.{f.name}` | {_type_cell(hints[f.name])} | `{json.dumps(default)}` | {doc} |")
+        rows.extend(_section_rows(section, cls))
     rows.append(DEEPSPEED_ROW)
     return "\n".join(rows)
+
+
+def _section_rows(prefix: str, cls: type) -> list[str]:
+    """One row per field of the dataclass ``cls``; a nested section (``experiment.mlflow``) gives its fields' rows."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows.extend(_section_rows(f"{prefix}.{f.name}", hints[f.name]))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+        doc = docs.get(f.name, "").replace("``", "`")
+        rows.append(f"| `{prefix}.{f.name}` | {_type_cell(hints[f.name])} | `{json.dumps(default)}` | {doc} |")
+    return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,40 @@ from seo_dist.config.scalars import STRICT_KEYS, Bool, Float, Int, Str, range_pr
 
 Positive = Annotated[Int, Ge(1)]
 NonNegative = Annotated[Int, Ge(0)]
+
+
+MLFLOW_EXTRA = 'pip install "seo_dist[mlflow]"'
+"""What installs the MLflow client that ``experiment.mlflow`` needs."""
+
+
+def mlflow_installed() -> bool:
+    """True when the ``mlflow`` package can be imported (found without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # ValueError: ``sys.modules["mlflow"]`` is None or has no spec
+        return False
+
+
+@dataclass(kw_only=True, slots=True)
+class MlflowConfig:
+    """The MLflow sink: metrics, params and end-of-run artifacts in an MLflow tracking server."""
+
+    enabled: Bool = False
+    """Log to MLflow too (needs ``pip install "seo_dist[mlflow]"``); ``--resume`` continues the same MLflow run."""
+    tracking_uri: Str | None = None
+    """Tracking server (``http://host:5000``); default ``$MLFLOW_TRACKING_URI``, else MLflow's local default."""
+    experiment_name: Str | None = None
+    """MLflow experiment; default ``experiment.experiment_name``."""
+    close_timeout_s: Annotated[Float, Ge(0)] = 30.0
+    """At the end, how long to wait for rows a down or slow server has not taken (they stay in metrics.jsonl)."""
+
+    __pydantic_config__ = STRICT_KEYS
+
+    def validate(self) -> list[str]:
+        problems = range_problems(self, "experiment.mlflow")
+        if self.enabled and not mlflow_installed():
+            problems.append(f"experiment.mlflow.enabled is true but mlflow is not installed; run: {MLFLOW_EXTRA}")
+        return problems
 
 
 @dataclass(kw_only=True, slots=True)
@@ -48,19 +83,23 @@ class ExperimentConfig:
     """Copy the source that ran into ``code_snapshot/``."""
     code_snapshot_max_mb: Annotated[Float, Gt(0)] = 20.0
     """Cap on the code snapshot; files over 1 MB are always skipped."""
+    code_snapshot_exclude: list[Str] = field(default_factory=list)
+    """Glob patterns (e.g. ``data/private/*``) left out of the code snapshot, besides the
+    files that look like secrets by name (``.env*``, ``*.pem``, ``*.key``, SSH keys, ...) or content."""
     tensorboard: Bool = True
     """Write TensorBoard event files under ``logs/tensorboard``."""
     wandb: Literal["offline", "online", "disabled"] = "offline"
     """wandb mode; files land under ``logs/wandb``."""
     wandb_project: Str = "seo_dist"
     """wandb project name."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     console: Bool = True
     """Print a metrics line at ``metrics_logging_interval``."""
 
     __pydantic_config__ = STRICT_KEYS
 
     def validate(self) -> list[str]:
-        problems = range_problems(self, "experiment")
+        problems = range_problems(self, "experiment") + self.mlflow.validate()
         if self.experiment_id is not None and (
             not self.experiment_id
             or "/" in self.experiment_id
@@ -112,7 +151,11 @@ class DataConfig:
     """Corpus and tokenizer."""
 
     corpus: Str | None = None
-    """JSONL file of SEO records; default: the corpus shipped with seo_dist."""
+    """JSONL file of SEO records; default: the corpus shipped with seo_dist. Prepared once into a cache folder."""
+    dataset: Str | None = None
+    """A folder written by ``seo-dist prepare-data`` (memory-mapped token shards); replaces ``corpus``."""
+    verify: Literal["sizes", "full"] = "sizes"
+    """Checks of the prepared dataset at start: file sizes, or also every file's hash."""
     tokenizer: Str | None = None
     """A local tokenizer directory; default: a byte-level BPE trained from the corpus (cached)."""
     vocab_size: Annotated[Int, Gt(256), Le(1_000_000)] = 4096
@@ -126,6 +169,12 @@ class DataConfig:
         problems = range_problems(self, "data")
         if self.corpus is not None and not Path(self.corpus).is_file():
             problems.append(f"data.corpus: file {self.corpus!r} does not exist")
+        if self.dataset is not None and self.corpus is not None:
+            problems.append("data.dataset and data.corpus are both set; keep one (a dataset is a prepared corpus)")
+        if self.dataset is not None and not Path(self.dataset).is_dir():
+            problems.append(
+                f"data.dataset: directory {self.dataset!r} does not exist; create it with seo-dist prepare-data"
+            )
         if self.tokenizer is not None and not Path(self.tokenizer).is_dir():
             problems.append(f"data.tokenizer: directory {self.tokenizer!r} does not exist")
         return problems
@@ -197,6 +246,58 @@ class ProfilingConfig:
         return range_problems(self, "profiling")
 
 
+SLOW_PHASES = ("startup", "first_step", "load", "validation", "checkpoint_save", "final_export", "finish")
+"""Training phases that may legitimately take long (``monitor.slow_phase_timeout_s`` applies to them)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class MonitorConfig:
+    """Hang detection, orphaned workers, stragglers and alerts (:mod:`seo_dist.monitor`)."""
+
+    hang_timeout_s: Annotated[Float, Ge(0)] = 600.0
+    """No progress on some rank for this long is a hang (0 disables hang detection)."""
+    slow_phase_timeout_s: Annotated[Float, Ge(0)] = 3600.0
+    """The same for start-up and the first step, loading, validation, checkpoint saves and the final export (0: no limit)."""
+    on_hang: Literal["abort", "dump"] = "abort"
+    """abort: dump stacks, record the hang, exit non-zero (torchrun --max-restarts resumes); dump: only dump and record."""
+    heartbeat_interval_s: Annotated[Float, Gt(0), Le(60)] = 1.0
+    """How often each rank publishes its heartbeat to the launcher's store and checks the others'."""
+    startup_collective_timeout_s: Annotated[Float, Gt(0)] = 1800.0
+    """Process-group timeout until the first step is done (start-up, loading a checkpoint)."""
+    collective_timeout_s: Annotated[Float, Gt(0)] = 1200.0
+    """Process-group timeout from the first completed step on (above ``hang_timeout_s``: the hang is dumped first)."""
+    exit_when_orphaned: Bool = True
+    """A worker whose launcher died stops as on SIGTERM (final checkpoint, lock released) and exits."""
+    straggler_factor: Annotated[Float, Gt(1)] = 1.5
+    """Alert when one rank's busy time per step is over this multiple of the median of the others' ..."""
+    straggler_intervals: Positive = 5
+    """... for this many log intervals in a row."""
+    disk_free_alert_gb: Annotated[Float, Ge(0)] = 5.0
+    """Alert when the experiment directory's disk has less free space than this (0 disables)."""
+    alert_webhook: Str | None = None
+    """http(s) URL that receives each alert as a JSON POST (Slack-compatible ``text`` field included)."""
+    alert_command: Str | None = None
+    """Command run with each alert as JSON on standard input (split like a shell, run without one)."""
+
+    __pydantic_config__ = STRICT_KEYS
+
+    def validate(self) -> list[str]:
+        from seo_dist.monitor.alert_config import command_problem, webhook_problem
+
+        problems = range_problems(self, "monitor")
+        problems += [p for p in (webhook_problem(self.alert_webhook), command_problem(self.alert_command)) if p]
+        if 0 < self.collective_timeout_s <= self.hang_timeout_s:
+            problems.append(
+                f"monitor.collective_timeout_s ({self.collective_timeout_s:g}) must be above monitor.hang_timeout_s "
+                f"({self.hang_timeout_s:g}): a wedged collective would time out before the hang is found and dumped"
+            )
+        return problems
+
+    def phase_timeout_s(self, phase: str) -> float:
+        """The progress allowance of ``phase`` (0: unlimited)."""
+        return self.slow_phase_timeout_s if phase in SLOW_PHASES else self.hang_timeout_s
+
+
 @dataclass(kw_only=True, slots=True)
 class JobConfig:
     """Everything one training job needs; each section belongs to one component."""
@@ -207,6 +308,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
     """A standard DeepSpeed config (batch sizes are derived from ``train``)."""
 
@@ -224,6 +326,7 @@ class JobConfig:
         d = self.to_dict()
         del d["experiment"]
         del d["profiling"]
+        del d["monitor"]
         d["checkpoint"] = {}
         d["train"].pop("progress_bar", None)
         d["train"].pop("log_interval", None)
@@ -238,4 +341,5 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "profiling": ProfilingConfig,
+    "monitor": MonitorConfig,
 }

@@ -35,9 +35,23 @@ def format_prompt(record: dict) -> str:
     return f"{PAGE_TOKEN} title: {record['title']}\nkeywords: {keywords}\nsummary: {record['summary']}\n{META_TOKEN} "
 
 
+def record_text(record: dict) -> str:
+    """One training example without its end-of-text token: prompt, then the meta description."""
+    return format_prompt(record) + record["meta_description"]
+
+
 def format_record(record: dict) -> str:
     """One training example: prompt, the meta description, end of text."""
-    return format_prompt(record) + record["meta_description"] + EOS_TOKEN
+    return record_text(record) + EOS_TOKEN
+
+
+def split_bucket(doc_id: str) -> int:
+    """A document's validation bucket in [0, 10000): a hash of its id, so it never moves between splits."""
+    return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) % 10_000
+
+
+def is_validation(doc_id: str, val_fraction: float) -> bool:
+    return split_bucket(doc_id) < int(val_fraction * 10_000)
 
 
 def load_corpus(path: str | Path | None = None) -> Corpus:
@@ -70,8 +84,6 @@ def split_records(records: list[dict], val_fraction: float) -> tuple[list[dict],
     """Deterministic split by a hash of the record id, so a record never moves between splits."""
     train: list[dict] = []
     val: list[dict] = []
-    threshold = int(val_fraction * 10_000)
     for rec in records:
-        bucket = int(hashlib.sha256(str(rec["id"]).encode()).hexdigest()[:8], 16) % 10_000
-        (val if bucket < threshold else train).append(rec)
+        (val if is_validation(str(rec["id"]), val_fraction) else train).append(rec)
     return train, val

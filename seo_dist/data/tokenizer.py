@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 TOKENIZER_FORMAT_VERSION = 1
+TOKENIZER_SAMPLE_CHARS = 32_000_000
+"""A trained tokenizer learns from the first documents of the corpus up to this many characters (all of a
+small corpus): deterministic, and bounded in time and memory whatever the corpus size."""
 
 
 def cache_dir() -> Path:
@@ -23,13 +27,35 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEO_DIST_CACHE", Path.home() / ".cache" / "seo_dist"))
 
 
+def bounded_sample(texts: Iterable[str], max_chars: int = TOKENIZER_SAMPLE_CHARS) -> Iterator[str]:
+    """The first texts, up to ``max_chars`` characters in all (at least one)."""
+    total = 0
+    for text in texts:
+        yield text
+        total += len(text)
+        if total >= max_chars:
+            return
+
+
+def tokenizer_hash(tok: PreTrainedTokenizerFast) -> str:
+    """sha256 of the tokenizer's serialized model and its end-of-text id: equal iff the ids mean the same."""
+    body = f"{tok.backend_tokenizer.to_str()}\neos={tok.eos_token_id}"
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def train_tokenizer(corpus: Corpus, vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE from the corpus's first records (:data:`TOKENIZER_SAMPLE_CHARS`)."""
+    return train_tokenizer_on(bounded_sample(format_record(r) for r in corpus.records), vocab_size)
+
+
+def train_tokenizer_on(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with seo_dist's special tokens trained on ``texts`` (each ending in end-of-text)."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        (format_record(r) for r in corpus.records),
+        texts,
         vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=SPECIAL_TOKENS,

@@ -52,9 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="copy the tokenizer from DIR (default: found next to the checkpoint)",
     )
+    parser.add_argument(
+        "--key-file",
+        metavar="PATH",
+        default=None,
+        help="check the input's signature and sign the output's manifest with the key in PATH (default: "
+        "$SEO_DIST_SIGNING_KEY_FILE, else $SEO_DIST_SIGNING_KEY, else no signing)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from seo_dist.checkpoint.signing import load_signing_key
     from seo_dist.export.consolidate import consolidate_checkpoint
     from seo_dist.export.errors import CorruptCheckpointError
 
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             best=args.best,
             verify=args.verify,
             tokenizer_dir=args.tokenizer,
+            signing_key=load_signing_key(args.key_file),
         )
     except CorruptCheckpointError as e:
         sys.stderr.write(f"seo-dist consolidate: error: {e}\n")

@@ -29,6 +29,7 @@ from seo_dist.checkpoint.errors import ManifestError
 from seo_dist.checkpoint.hashing import DEFAULT_ALGORITHM, READ_CHUNK, FileRecord, HashingWriter
 from seo_dist.checkpoint.layout import MANIFEST, STAGING_SUFFIX, parse_step
 from seo_dist.checkpoint.manifest import Manifest, collect_versions, read_manifest, records_to_files, write_manifest
+from seo_dist.checkpoint.signing import SigningKey, signed_algorithm
 from seo_dist.checkpoint.storage import publish_folder
 from seo_dist.checkpoint.verify import VERIFY_MODES, verify_checkpoint
 from seo_dist.errors import UserError
@@ -112,15 +113,15 @@ def _located(folder: Path, error: CorruptCheckpointError) -> CorruptCheckpointEr
     return CorruptCheckpointError(str(folder / error.file), error.detail)
 
 
-def verify_input(folder: Path, mode: str) -> tuple[Manifest | None, list[str]]:
-    """The checkpoint's manifest once its files check out, and warnings about harmless extras (``mode`` was
-    checked by :func:`consolidate_checkpoint`)."""
-    if mode == "off":
+def verify_input(folder: Path, mode: str, key: SigningKey | None = None) -> tuple[Manifest | None, list[str]]:
+    """The checkpoint's manifest once its files check out (and, with ``key``, its signature), and warnings about
+    harmless extras (``mode`` was checked by :func:`consolidate_checkpoint`)."""
+    if mode == "off" and key is None:
         try:
             return read_manifest(folder), []
         except ManifestError:
             return None, [f"{folder}: no readable {MANIFEST}; exported without verification (--verify off)"]
-    report = verify_checkpoint(folder, mode)  # type: ignore[arg-type]
+    report = verify_checkpoint(folder, mode, key=key)  # type: ignore[arg-type]
     warnings, problems = [], []
     for problem in report.problems:
         if problem.kind == "extra" and not problem.path.endswith(MODEL_FILE_SUFFIX):
@@ -200,14 +201,18 @@ def consolidate_checkpoint(
     verify: str = "full",
     tokenizer_dir: str | os.PathLike[str] | None = None,
     hash_algorithm: str = DEFAULT_ALGORITHM,
+    signing_key: SigningKey | None = None,
 ) -> ConsolidationResult:
     """Export a ZeRO checkpoint as a Hugging Face model folder (``result.path``); see the module docstring for
     the steps. The one entry point: ``seo-dist consolidate``, ``python -m seo_dist.export`` and the trainer's
     final export all call it.
 
+    With ``signing_key`` the input's signature must hold and the output's manifest is signed too.
+
     Raises :class:`~.errors.CorruptCheckpointError` (a damaged input file, named) or a
     :class:`~seo_dist.errors.UserError` (bad arguments, not a checkpoint, unsupported layout).
     """
+    hash_algorithm = signed_algorithm(hash_algorithm, signing_key)
     start = time.perf_counter()
     target = _parse_dtype(dtype)
     max_bytes = _parse_shard_size(max_shard_size)
@@ -219,7 +224,7 @@ def consolidate_checkpoint(
     staging = out.with_name(out.name + STAGING_SUFFIX)
     tokenizer = Path(tokenizer_dir) if tokenizer_dir is not None else None
     with ThreadPoolExecutor(1, thread_name_prefix="export-verify") as pool:
-        verification = pool.submit(verify_input, folder, verify)
+        verification = pool.submit(verify_input, folder, verify, signing_key)
         try:
             fields = _write_model_folder(
                 folder,
@@ -229,6 +234,7 @@ def consolidate_checkpoint(
                 max_bytes=max_bytes,
                 tokenizer_dir=tokenizer,
                 hash_algorithm=hash_algorithm,
+                signing_key=signing_key,
             )
         except Exception as e:
             shutil.rmtree(staging, ignore_errors=True)
@@ -268,6 +274,7 @@ def _write_model_folder(
     max_bytes: int,
     tokenizer_dir: Path | None,
     hash_algorithm: str,
+    signing_key: SigningKey | None = None,
 ) -> dict[str, Any]:
     """Write the model folder into ``staging`` while ``verification`` runs; the manifest goes in last and only
     once verification has passed. Returns the :class:`ConsolidationResult` fields it knows."""
@@ -309,7 +316,7 @@ def _write_model_folder(
         versions=collect_versions(),
     )
     fsync_dir(staging)
-    write_manifest(staging, manifest)
+    write_manifest(staging, manifest, signing_key)
     fsync_dir(staging)
     return {
         "files": manifest.files,

@@ -114,9 +114,9 @@ def load_job_sections(checkpoint: Path) -> JobSections | None:
 
 
 def _rebuild_tokenizer(job: JobSections) -> Any:
-    from seo_dist.data import get_tokenizer, load_corpus
+    from seo_dist.data.cache import job_tokenizer
 
-    return get_tokenizer(load_corpus(job.data.corpus), job.data.vocab_size, job.data.tokenizer)
+    return job_tokenizer(job.data)
 
 
 def _rebuild_hf_config(job: JobSections) -> dict[str, Any]:

@@ -109,6 +109,8 @@ def aggregate(
         out["perf/slowest_rank"] = timed[slowest].rank
         others = busy[:slowest] + busy[slowest + 1 :]
         out["perf/straggler_s"] = busy[slowest] - statistics.median(others) if others else 0.0
+        if others and statistics.median(others) > 0:  # the straggler alert's rule (seo_dist.monitor)
+            out["perf/straggler_ratio"] = busy[slowest] / statistics.median(others)
     names = {name for s in samples for name in s.readings}
     for name in sorted(names):
         values = [s.readings[name] for s in samples if name in s.readings]

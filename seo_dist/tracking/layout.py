@@ -21,6 +21,7 @@ TRAIN_LOG = "train.log"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
 TRACES_DIR = "traces"
+HANGS_DIR = "hangs"
 RANK_EVENTS = "events.rank{rank}.jsonl"
 METRICS_JSONL = "metrics.jsonl"
 REQUIREMENTS = "requirements.txt"
@@ -81,6 +82,11 @@ class ExperimentLayout:
     def traces(self) -> Path:
         """torch.profiler traces."""
         return self.logs / TRACES_DIR
+
+    @property
+    def hangs(self) -> Path:
+        """Stack dumps of a detected hang: ``hangs/<time>/rank_<N>.txt``."""
+        return self.logs / HANGS_DIR
 
     @property
     def metrics(self) -> Path:

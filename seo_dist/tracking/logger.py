@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +82,8 @@ class ExperimentLogger:
                 self._package_logger.setLevel(logging.INFO)
         self.counts: dict[str, int] = {"info": 0, "warning": 0, "error": 0}
         self.closed = False
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        """Called with each event record once it is written (the alerts of :mod:`seo_dist.monitor`)."""
 
     def event(
         self, name: str, level: Level = "info", /, step: int | None = None, message: str | None = None, **fields: Any
@@ -109,6 +112,11 @@ class ExperimentLogger:
             self._emit(LEVELS[level], text)
         if self.echo_to_stderr and level != "info":
             sys.stderr.write(f"seo_dist {level}: {text.splitlines()[0]}\n")
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:  # noqa: BLE001 - an observer never breaks event logging
+                pass
         return record
 
     def error(self, name: str, error: BaseException | str, /, step: int | None = None, **fields: Any) -> dict[str, Any]:

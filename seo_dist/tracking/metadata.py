@@ -255,6 +255,20 @@ def git_diff(root: Path) -> str | None:
     return _git(["diff", "HEAD", "--binary"], root)
 
 
+def git_diff_without_secrets(
+    root: Path, extra_patterns: tuple[str, ...] = ()
+) -> tuple[str | None, list[dict[str, str]]]:
+    """:func:`git_diff` without the files whose name or changed text looks like a secret; and what was dropped
+    (names and reasons only)."""
+    from seo_dist.tracking.secrets import SecretFilter, describe, scrub_diff
+
+    diff = git_diff(root)
+    if not diff:
+        return diff, []
+    kept, dropped = scrub_diff(diff, SecretFilter(extra_patterns=extra_patterns))
+    return kept, describe(dropped)
+
+
 # --------------------------------------------------------------------------- config hash
 
 

@@ -4,7 +4,8 @@ Source: the files git knows in the repository holding the working directory (tra
 untracked ones that are not ignored - uncommitted new modules ran too), or the installed
 ``seo_dist`` package when the working directory is not in a repository. The entry script
 (``sys.argv[0]``) is added when it lies outside that tree and outside the Python installation. Files over 1 MB are skipped, the total is
-capped, Python files are copied first so a cap cuts data files before code.
+capped, Python files are copied first so a cap cuts data files before code. Secrets never go in: files that
+:class:`~.secrets.SecretFilter` recognises by name or content are left out, and the result lists their names.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from seo_dist.tracking.metadata import git_root
+from seo_dist.tracking.secrets import SecretFilter, describe
 
 MAX_FILE_BYTES = 1_000_000
 ENTRY_SCRIPT_DIR = "_entry"
@@ -35,6 +37,8 @@ class SnapshotResult:
     bytes: int = 0
     skipped_large: list[str] = field(default_factory=list)
     skipped_over_cap: int = 0
+    left_out: list[dict[str, str]] = field(default_factory=list)
+    """Files that look like secrets (by name or content), with the reason; never their content."""
 
     @property
     def truncated(self) -> bool:
@@ -86,8 +90,11 @@ def create_code_snapshot(
     exclude: Sequence[Path] = (),
     cwd: Path | None = None,
     entry_script: str | None = None,
+    secret_filter: SecretFilter | None = None,
 ) -> SnapshotResult:
-    """Copy the source that ran into ``dest``; ``exclude`` (e.g. the experiments folder) is never copied."""
+    """Copy the source that ran into ``dest``; ``exclude`` (e.g. the experiments folder) is never copied, nor
+    any file ``secret_filter`` (default: the built-in patterns) recognises as a secret."""
+    secrets = secret_filter if secret_filter is not None else SecretFilter()
     cwd = Path(cwd or Path.cwd()).resolve()
     excluded = [Path(p).resolve() for p in exclude]
     root = git_root(cwd)
@@ -125,6 +132,8 @@ def create_code_snapshot(
         if size > MAX_FILE_BYTES:
             result.skipped_large.append(str(rel))
             continue
+        if not secrets.check(src, rel.as_posix()):
+            continue
         if result.bytes + size > max_total_bytes:
             result.skipped_over_cap += 1
             continue
@@ -136,4 +145,5 @@ def create_code_snapshot(
             continue
         result.files += 1
         result.bytes += size
+    result.left_out = describe(secrets.left_out)
     return result

@@ -87,11 +87,12 @@ def record_git(layout: ExperimentLayout) -> dict[str, Any] | None:
     if root is None:
         return None
     info = md.git_info(root)
+    left_out: list[dict[str, str]] = []
     if info.dirty and info.commit:
-        diff = md.git_diff(root)
+        diff, left_out = md.git_diff_without_secrets(root)
         if diff:
             layout.git_diff.write_text(diff)
-    return dataclasses.asdict(info)
+    return {**dataclasses.asdict(info), **({"diff_left_out": left_out} if left_out else {})}
 
 
 def resolved_config(

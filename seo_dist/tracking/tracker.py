@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -88,6 +89,7 @@ class ExperimentTracker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self._lock: ExperimentLock | None = None
         self._metadata: dict[str, Any] = {}
+        self._metadata_lock = threading.Lock()  # the MLflow sink records its run id from its own thread
         self._state = "new"
         self._start_time = 0.0
 
@@ -222,8 +224,10 @@ class ExperimentTracker:
                     self.logger.event("metrics_truncated", step=resume_step, rows_dropped=dropped,
                                       message=f"dropped {dropped} metric rows logged after step {resume_step}")  # fmt: skip
             seed_rows = list(iter_jsonl(self.layout.metrics))
+        sinks = build_sinks(self.layout, self.config, self.logger, resume_step,
+                            metadata=self._metadata, save_metadata=self._save_metadata)  # fmt: skip
         self.metrics = MetricsTracker(
-            build_sinks(self.layout, self.config, self.logger, resume_step),
+            sinks,
             self.logger,
             lazy_sinks=lazy_sinks(self.layout, self.config, self._metadata.get("wandb"), config),
             seed_rows=seed_rows,
@@ -242,7 +246,8 @@ class ExperimentTracker:
 
     def _save_metadata(self) -> None:
         assert self.layout is not None
-        atomic_write_json(self.layout.metadata, json_safe(self._metadata))
+        with self._metadata_lock:
+            atomic_write_json(self.layout.metadata, json_safe(self._metadata))
 
     def annotate_resume(self, **fields: Any) -> None:
         """Add ``fields`` to this run's entry of ``resumes`` in metadata.json (rank 0; nothing on a new run)."""
@@ -366,6 +371,11 @@ class ExperimentTracker:
             self.logger.event(name, level, step=step, **fields)  # type: ignore[arg-type]
         elif all_ranks and self.layout is not None and self._state == RUNNING and self.config.tracking_enabled:
             append_rank_event(self.layout.rank_events(self.rank), self.rank, name, level, {**fields, "step": step})
+
+    def add_event_observer(self, observe: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``observe(record)`` with every event rank 0 records from now on (no-op on other ranks)."""
+        if self.logger is not None:
+            self.logger.observers.append(observe)
 
     def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> Path | None:
         """Copy a file or folder into ``artifacts/`` (rank 0; None elsewhere). Returns where it now lives."""

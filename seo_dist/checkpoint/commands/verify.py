@@ -1,4 +1,5 @@
-"""``seo-dist verify CKPT_DIR [--quick]``: exit 0 valid, 1 invalid (one line per bad file), 2 usage error."""
+"""``seo-dist verify CKPT_DIR [--quick] [--key-file PATH]``: exit 0 valid, 1 invalid (one line per bad file, a
+``signature mismatch`` or an ``unsigned`` manifest when a key is given), 2 usage error."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="check presence and sizes only (no re-hash)")
     parser.add_argument(
         "--threads", type=int, default=None, help="files hashed in parallel (default: CPU count, max 8)"
+    )
+    parser.add_argument(
+        "--key-file",
+        default=None,
+        metavar="PATH",
+        help="check the manifest's signature with the key in PATH (default: $SEO_DIST_SIGNING_KEY_FILE, "
+        "else $SEO_DIST_SIGNING_KEY, else the signature is not checked)",
     )
 
 
@@ -45,13 +53,15 @@ def check_target(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from seo_dist.checkpoint.signing import load_signing_key
     from seo_dist.checkpoint.verify import verify_checkpoint
 
     path = Path(args.ckpt_dir)
     check_target(path)
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
-    report = verify_checkpoint(path, "quick" if args.quick else "full", threads=args.threads)
+    key = load_signing_key(args.key_file)
+    report = verify_checkpoint(path, "quick" if args.quick else "full", threads=args.threads, key=key)
     if report.ok:
         print(report.summary())
         return 0
