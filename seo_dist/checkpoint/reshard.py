@@ -86,11 +86,8 @@ def universal_folder(folder: Path) -> Path:
 
 def source_of(universal: Path) -> str | None:
     """The checkpoint name a universal folder belongs to (``step_N``), or None for any other name."""
-    name = universal.name
-    if not name.endswith(UNIVERSAL_SUFFIX):
-        return None
-    source = name[: -len(UNIVERSAL_SUFFIX)]
-    return source if parse_step(source) is not None else None
+    source = universal.name.removesuffix(UNIVERSAL_SUFFIX)
+    return source if source != universal.name and parse_step(source) is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +103,6 @@ class ReshardInfo:
     """False when an earlier resume's universal folder was reused."""
     universal: str
     """The universal folder loaded."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------- what can be resharded
@@ -377,7 +371,7 @@ def load_resharded(
     load_lr_scheduler_states: bool,
 ) -> dict[str, Any]:
     """Collective: load ``folder`` (saved at another world size) into ``engine`` through its universal form.
-    Returns ``client_state`` and ``resharded`` (:meth:`ReshardInfo.to_dict`)."""
+    Returns ``client_state`` and ``resharded`` (a :class:`ReshardInfo` as a dict)."""
     start = time.perf_counter()
     universal, converted = ensure_universal(folder, manifest, algorithm)
     config = engine._config
@@ -405,4 +399,4 @@ def load_resharded(
         converted=converted,
         universal=str(universal),
     )
-    return {"client_state": client_state, "resharded": info.to_dict()}
+    return {"client_state": client_state, "resharded": asdict(info)}
