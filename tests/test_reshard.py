@@ -280,3 +280,72 @@ def test_zero1_bf16_two_ranks_to_one(tmp_path, cache_dir):
     step4 = checkpoint_name(4)
     assert_same_optimizer_state(runs["a"] / "checkpoints" / step4, runs["readback"] / "checkpoints" / step4)
     assert_recorded(runs["continued"], 2, 1, 1)
+
+
+class _Payload:
+    """Unpickling this would run ``touch MARKER`` (pickled as a call of os.system)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _plant(folder: Path, name: str, marker: Path) -> None:
+    """A payload in ``folder/name`` with its size, hash and the manifest's checksum recomputed (unsigned)."""
+    path = folder / name
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own test file: trusted
+    state["extra"] = _Payload(marker)
+    torch.save(state, path)
+    manifest = read_manifest(folder)
+    size, digest = hash_file(path, manifest.hash_algorithm)
+    manifest.files[name] = {"size": size, "hash": digest}
+    (folder / MANIFEST).unlink()
+    write_manifest(folder, manifest)
+
+
+def test_conversion_and_universal_load_never_run_code_from_the_files(zero2, tmp_path):
+    """DeepSpeed's converter and universal loader call torch.load(weights_only=False) themselves: a payload in
+    rank 1's optimizer file (the converter reads it, our key check does not) or in a universal per-parameter
+    file is refused inside restricted_unpickling, and nothing from it runs."""
+    from seo_dist.checkpoint.errors import CheckpointError, UnsafeCheckpointError
+    from seo_dist.checkpoint.safe_load import restricted_unpickling
+
+    root = tmp_path / "checkpoints"
+    source = root / checkpoint_name(4)
+    shutil.copytree(zero2["a"] / "checkpoints" / checkpoint_name(4), source)
+    marker = tmp_path / "MARKER_convert"
+    _plant(source, "zero_pp_rank_1_mp_rank_00_optim_states.pt", marker)
+    with pytest.raises(CheckpointError, match="refused to unpickle the object posix.system"):
+        ensure_universal(source, read_manifest(source), "xxh3_128")
+    assert not marker.exists(), "the payload ran during the conversion"
+    assert sorted(p.name for p in root.iterdir()) == [source.name]
+
+    universal = tmp_path / "universal"
+    shutil.copytree(universal_folder(zero2["continued"] / "checkpoints" / checkpoint_name(4)), universal)
+    marker = tmp_path / "MARKER_load"
+    exp_avg = "zero/transformer.h.0.mlp.c_fc.weight/exp_avg.pt"
+    _plant(universal, exp_avg, marker)
+    assert verify_checkpoint(universal).ok  # hashes and checksum agree: only the unpickler can stop it
+    with pytest.raises(UnsafeCheckpointError, match="posix.system"), restricted_unpickling():
+        torch.load(universal / exp_avg, weights_only=False)  # how DeepSpeed's universal loader reads it
+    assert not marker.exists(), "the payload ran during the universal load"
+
+
+def test_with_a_key_the_universal_folder_is_signed_and_one_signed_by_another_key_is_made_again(zero2, tmp_path):
+    from seo_dist.checkpoint.manifest import is_signed
+    from seo_dist.checkpoint.signing import SigningKey
+
+    mine, theirs = SigningKey(b"k" * 32, "test key"), SigningKey(b"x" * 32, "another key")
+    source = tmp_path / "checkpoints" / checkpoint_name(4)
+    shutil.copytree(zero2["a"] / "checkpoints" / checkpoint_name(4), source)
+    manifest = read_manifest(source)
+    universal, converted = ensure_universal(source, manifest, "blake3", mine)
+    assert converted and is_signed(universal)
+    assert verify_checkpoint(universal, key=mine).ok and not verify_checkpoint(universal, key=theirs).ok
+    assert ensure_universal(source, manifest, "blake3", mine) == (universal, False)  # reused: signed by this key
+    assert ensure_universal(source, manifest, "blake3", theirs) == (universal, True)  # not trusted: made again
+    assert verify_checkpoint(universal, key=theirs).ok

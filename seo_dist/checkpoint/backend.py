@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
     from deepspeed.runtime.engine import DeepSpeedEngine
 
+    from seo_dist.checkpoint.signing import SigningKey
     from seo_dist.checkpoint.staging import HostStager, StagedFile
     from seo_dist.checkpoint.torch_backend import Stateful
 
@@ -77,6 +78,7 @@ def select_backend(
     scheduler: Stateful | None = None,
     *,
     hash_algorithm: str,
+    signing_key: SigningKey | None = None,
 ) -> CheckpointBackend | None:
     """The backend for what the caller handed over: DeepSpeed for an engine, plain torch for anything else;
     None when nothing was given (a load that only reads the checkpoint)."""
@@ -85,7 +87,7 @@ def select_backend(
     if is_deepspeed_engine(model_or_engine):
         from seo_dist.checkpoint.deepspeed_backend import DeepSpeedBackend
 
-        return DeepSpeedBackend(model_or_engine, hash_algorithm)
+        return DeepSpeedBackend(model_or_engine, hash_algorithm, signing_key=signing_key)
     from seo_dist.checkpoint.torch_backend import TorchModuleBackend
 
     return TorchModuleBackend(model_or_engine, optimizer, scheduler, hash_algorithm)

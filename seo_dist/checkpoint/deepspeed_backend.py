@@ -23,6 +23,7 @@ from seo_dist.checkpoint.errors import CheckpointError, IncompatibleCheckpointEr
 from seo_dist.checkpoint.hashing import FileRecord, write_torch_file
 from seo_dist.checkpoint.manifest import Manifest
 from seo_dist.checkpoint.safe_load import safe_torch_load
+from seo_dist.checkpoint.signing import SigningKey
 from seo_dist.checkpoint.staging import HostStager, StagedFile
 from seo_dist.errors import error_line
 
@@ -136,8 +137,12 @@ class DeepSpeedBackend:
         engine: DeepSpeedEngine,
         algorithm: str,
         adapter_cls: type[HashingCheckpointEngine] = HashingCheckpointEngine,
+        *,
+        signing_key: SigningKey | None = None,
     ) -> None:
         self.engine = engine
+        self.signing_key = signing_key
+        """Signs the universal form a reshard writes, and is required of one it reuses."""
         self.adapter = install_checkpoint_engine(engine, algorithm, adapter_cls)
         self._reshard_from: Manifest | None = None
         """The manifest of the folder :meth:`check_compatible` accepted at another world size (then :meth:`load`
@@ -208,6 +213,7 @@ class DeepSpeedBackend:
                 folder,
                 self._reshard_from,
                 algorithm=self.adapter.algorithm,
+                key=self.signing_key,
                 load_optimizer_states=load_optimizer_states,
                 load_lr_scheduler_states=load_lr_scheduler_states,
             )

@@ -260,7 +260,9 @@ class CheckpointManager:
         A failed save raises :class:`~.errors.CheckpointSaveError` on every rank (``on_error="raise"``);
         nothing is then committed and ``latest`` is unchanged.
         """
-        backend = select_backend(model_or_engine, optimizer, scheduler, hash_algorithm=self.hash_algorithm)
+        backend = select_backend(
+            model_or_engine, optimizer, scheduler, hash_algorithm=self.hash_algorithm, signing_key=self.signing_key
+        )
         if backend is None:
             raise ValueError("save_checkpoint needs the model or DeepSpeed engine to save")
         entered = time.perf_counter()
@@ -345,7 +347,9 @@ class CheckpointManager:
         """
         self._saves.collect(block=True)  # the save in flight may be the one to load, and it uses self.group
         self._saves.raise_pending()
-        backend = select_backend(model_or_engine, optimizer, scheduler, hash_algorithm=self.hash_algorithm)
+        backend = select_backend(
+            model_or_engine, optimizer, scheduler, hash_algorithm=self.hash_algorithm, signing_key=self.signing_key
+        )
         metric, maximize = self._metric(metric, maximize)
         request = LoadRequest(
             which=path_or_which,

@@ -49,6 +49,7 @@ from seo_dist.checkpoint.errors import CheckpointError, IncompatibleCheckpointEr
 from seo_dist.checkpoint.hashing import hash_file
 from seo_dist.checkpoint.layout import MANIFEST, STAGING_SUFFIX, parse_step, rank_state_file
 from seo_dist.checkpoint.manifest import Manifest, collect_versions, write_manifest
+from seo_dist.checkpoint.signing import SigningKey
 from seo_dist.checkpoint.storage import publish_folder, remove_folder
 from seo_dist.checkpoint.verify import verify_checkpoint
 from seo_dist.errors import error_line
@@ -180,6 +181,8 @@ def _run_ds_to_universal(source: Path, out: Path) -> None:
     """DeepSpeed's converter, in this process, one worker each (peak memory: one saved rank's file)."""
     from deepspeed.checkpoint import ds_to_universal
 
+    from seo_dist.checkpoint.safe_load import restricted_unpickling
+
     args = argparse.Namespace(
         input_folder=str(source),
         output_folder=str(out),
@@ -190,8 +193,8 @@ def _run_ds_to_universal(source: Path, out: Path) -> None:
         inject_missing_state=True,  # ZeRO-1/2 checkpoints saved without universal_checkpoint_info
     )
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        ds_to_universal.main(args)
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), restricted_unpickling():
+        ds_to_universal.main(args)  # its torch.load calls ask for weights_only=False: restricted all the same
 
 
 def _hash_tree(folder: Path, algorithm: str) -> dict[str, dict[str, Any]]:
@@ -213,7 +216,7 @@ def _hash_tree(folder: Path, algorithm: str) -> dict[str, dict[str, Any]]:
     return files
 
 
-def convert(folder: Path, manifest: Manifest, algorithm: str) -> Path:
+def convert(folder: Path, manifest: Manifest, algorithm: str, key: SigningKey | None = None) -> Path:
     """Write ``folder``'s universal form next to it (staged under ``*.tmp``, published by a rename with its
     manifest written last); returns the published folder. Raises :class:`IncompatibleCheckpointError` naming a
     key the conversion needs and the files lack; nothing is left behind on any error."""
@@ -260,7 +263,7 @@ def convert(folder: Path, manifest: Manifest, algorithm: str) -> Path:
             config_hash=manifest.config_hash,
             versions=collect_versions(),
         )
-        write_manifest(out, universal)
+        write_manifest(out, universal, key)
         fsync_dir(out)
         publish_folder(out, final)
     finally:
@@ -268,13 +271,13 @@ def convert(folder: Path, manifest: Manifest, algorithm: str) -> Path:
     return final
 
 
-def reusable(folder: Path) -> Path | None:
+def reusable(folder: Path, key: SigningKey | None = None) -> Path | None:
     """The universal folder of ``folder`` if an earlier resume made it from this very checkpoint and it still
     verifies (full re-hash); a stale or damaged one is removed and None returned."""
     final = universal_folder(folder)
     if not final.is_dir():
         return None
-    report = verify_checkpoint(final, "full")
+    report = verify_checkpoint(final, "full", key=key)  # with a key: signed by it, or made again
     try:
         source = json.loads((final / SOURCE_FILE).read_text())
         same = report.ok and source.get("source_checksum") == _source_checksum(folder)
@@ -286,16 +289,18 @@ def reusable(folder: Path) -> Path | None:
     return None
 
 
-def ensure_universal(folder: Path, manifest: Manifest, algorithm: str) -> tuple[Path, bool]:
+def ensure_universal(
+    folder: Path, manifest: Manifest, algorithm: str, key: SigningKey | None = None
+) -> tuple[Path, bool]:
     """Collective: the universal folder of ``folder`` (reused or made by rank 0; the others wait for the outcome)
     and whether it was made now. Every rank raises rank 0's error."""
 
     def on_rank_zero() -> tuple[str, bool]:
         prune_orphans(folder.parent)
-        found = reusable(folder)
+        found = reusable(folder, key)
         if found is not None:
             return str(found), False
-        return str(convert(folder, manifest, algorithm)), True
+        return str(convert(folder, manifest, algorithm, key)), True
 
     path, converted = run_on_rank_zero(on_rank_zero)
     return Path(path), converted
@@ -367,23 +372,27 @@ def load_resharded(
     manifest: Manifest,
     *,
     algorithm: str,
+    key: SigningKey | None = None,
     load_optimizer_states: bool,
     load_lr_scheduler_states: bool,
 ) -> dict[str, Any]:
     """Collective: load ``folder`` (saved at another world size) into ``engine`` through its universal form.
     Returns ``client_state`` and ``resharded`` (a :class:`ReshardInfo` as a dict)."""
     start = time.perf_counter()
-    universal, converted = ensure_universal(folder, manifest, algorithm)
+    universal, converted = ensure_universal(folder, manifest, algorithm, key)
+    from seo_dist.checkpoint.safe_load import restricted_unpickling
+
     config = engine._config
     previous = config.load_universal_checkpoint
     config.load_universal_checkpoint = True
     try:
-        load_path, client_state = engine.load_checkpoint(
-            str(universal.parent),
-            tag=universal.name,
-            load_optimizer_states=load_optimizer_states,
-            load_lr_scheduler_states=load_lr_scheduler_states,
-        )
+        with restricted_unpickling():  # DeepSpeed's universal loader reads the files with weights_only=False
+            load_path, client_state = engine.load_checkpoint(
+                str(universal.parent),
+                tag=universal.name,
+                load_optimizer_states=load_optimizer_states,
+                load_lr_scheduler_states=load_lr_scheduler_states,
+            )
     finally:
         config.load_universal_checkpoint = previous
     if load_path is None:

@@ -21,11 +21,12 @@ loader treats it like a damaged file (falls back to the previous checkpoint). No
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pickle
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,13 @@ def _allowlist(names: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(obj for obj in (_resolve(n) for n in names) if obj is not None)
 
 
+def _admitted(allowed: Iterable[Any]) -> contextlib.AbstractContextManager[None]:
+    """torch's ``safe_globals`` for the classes not admitted yet. Its list is process-wide and its exit removes
+    what its entry added, so a nested block naming the same classes would take them away from the outer one."""
+    present = set(map(id, torch.serialization.get_safe_globals()))
+    return torch.serialization.safe_globals([g for g in allowed if id(g) not in present])
+
+
 def _refused_name(error: Exception) -> str | None:
     text = str(error)
     for pattern in _REFUSED:
@@ -93,7 +101,7 @@ def safe_torch_load(
     """
     allowed = _allowlist(tuple(allow))
     try:
-        with torch.serialization.safe_globals(list(allowed)):
+        with _admitted(allowed):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         name = _refused_name(e)
@@ -102,6 +110,35 @@ def safe_torch_load(
             f"{Path(path).name}: refused to unpickle {what}: not one a checkpoint holds (tensors, plain data "
             f"and DeepSpeed's state classes); nothing from the file was run. Treat the file as damaged or hostile"
         ) from None
+
+
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+"""torch's switch that makes every ``torch.load`` restricted, even one that passes ``weights_only=False``."""
+
+
+@contextlib.contextmanager
+def restricted_unpickling(allow: Iterable[str] = DEEPSPEED_GLOBALS) -> Iterator[None]:
+    """For code that calls ``torch.load`` itself (DeepSpeed's universal-checkpoint converter and loader ask
+    for ``weights_only=False``): every load inside the block is restricted to tensors, plain data and
+    ``allow``, and a refused object raises :class:`UnsafeCheckpointError`. Process-wide while it lasts: the
+    environment variable is read by every ``torch.load`` call, from any thread."""
+    previous = os.environ.get(FORCE_WEIGHTS_ONLY)
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        with _admitted(_allowlist(tuple(allow))):
+            yield
+    except pickle.UnpicklingError as e:
+        name = _refused_name(e)
+        what = f"the object {name}" if name else "an object"
+        raise UnsafeCheckpointError(
+            f"refused to unpickle {what} while converting or loading a universal checkpoint: not one a "
+            f"checkpoint holds; nothing from the file was run. Treat the checkpoint as damaged or hostile"
+        ) from None
+    finally:
+        if previous is None:
+            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[FORCE_WEIGHTS_ONLY] = previous
 
 
 def load_rank_state_file(path: str | os.PathLike[str]) -> Any:
