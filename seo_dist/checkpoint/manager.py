@@ -76,6 +76,8 @@ class CheckpointManager:
             logged (event ``checkpoint_save_failed``, error level) while training goes on (``warn``); default
             ``strategy.on_error``.
         pin_memory: pinned staging buffers for CUDA tensors (default: when CUDA is available).
+        run_files: ``{relative path: bytes}`` that rank 0 writes into every checkpoint, listed in its manifest
+            (the trainer passes ``hf_config.json`` and ``tokenizer/``, so that an export needs nothing else).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class CheckpointManager:
         async_save: bool = False,
         on_error: str | None = None,
         pin_memory: bool | None = None,
+        run_files: Mapping[str, bytes] | None = None,
     ) -> None:
         self.strategy = strategy if strategy is not None else CheckpointConfig()
         hash_algorithm = hash_algorithm or self.strategy.hash_algorithm
@@ -144,6 +147,7 @@ class CheckpointManager:
             writer=writer,
             on_error=on_error,
             pin_memory=pin_memory,
+            run_files=run_files,
         )
         self._loader = CheckpointLoader(self.root, verify_mode=verify_on_load, events=self._events, stamp=stamp)
         self._closed = False
