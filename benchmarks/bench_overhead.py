@@ -2,7 +2,8 @@
 
 A (peer): benchmarks/plain_deepspeed_peer.py, DeepSpeed and nothing else. B: ``python -m seo_dist.train`` with
 configs/tiny_cpu.yaml (tracking and profiling on, as shipped; checkpoints off, since the peer saves none).
-Both: GPT-2 ``--layers`` x ``--width`` (default 4 x 256), micro batch 8, sequence 128, ZeRO-2
+Both: GPT-2 ``--layers`` x ``--width`` (default 4 x 256), vocabulary ``--vocab`` (default 4096: set explicitly,
+since the model otherwise takes the trained tokenizer's size), micro batch 8, sequence 128, ZeRO-2
 (configs/deepspeed/zero2.json), gradient clipping 1.0, AdamW, ``--nproc`` ranks under torchrun.
 
 Step time: each run's own per-step timing, as 10-step window means (the peer times every step on the host;
@@ -62,7 +63,8 @@ def window_median(window_means: list[float]) -> float:
 def run_peer(args: argparse.Namespace, tmp: Path, i: int) -> tuple[float, float]:
     out = tmp / f"peer_{i}.json"
     cmd = [*torchrun(args.nproc), str(REPO / "benchmarks" / "plain_deepspeed_peer.py"), "--steps", str(args.steps),
-           "--n-layer", str(args.layers), "--n-embd", str(args.width), "--n-head", str(args.heads), "--out", str(out)]  # fmt: skip
+           "--n-layer", str(args.layers), "--n-embd", str(args.width), "--n-head", str(args.heads),
+           "--vocab", str(args.vocab), "--out", str(out)]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp, env=env(), capture_output=True, text=True, timeout=args.timeout)
     wall = time.perf_counter() - start
@@ -78,6 +80,7 @@ def run_seo(args: argparse.Namespace, tmp: Path, i: int) -> tuple[float, float]:
     sets = [
         f"experiment.base_dir={base}", f"experiment.experiment_id=seo_{i}", "experiment.checkpoint_enabled=false",
         f"model.config.n_layer={args.layers}", f"model.config.n_embd={args.width}", f"model.config.n_head={args.heads}",
+        f"model.config.vocab_size={args.vocab}",
         f"train.max_steps={args.steps}", f"train.log_interval={WINDOW}", "train.eval_interval=0",
         "train.eval_batches=1", "train.progress_bar=false", "train.micro_batch_size=8", "train.seq_len=128",
     ]  # fmt: skip
@@ -100,6 +103,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=4096, help="model vocabulary of both (>= the trained tokenizer's)")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--json", default="benchmarks/out/overhead.json")
