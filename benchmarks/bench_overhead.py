@@ -6,9 +6,10 @@ Both: GPT-2 ``--layers`` x ``--width`` (default 4 x 256), vocabulary ``--vocab``
 since the model otherwise takes the trained tokenizer's size), micro batch 8, sequence 128, ZeRO-2
 (configs/deepspeed/zero2.json), gradient clipping 1.0, AdamW, ``--nproc`` ranks under torchrun.
 
-Step time: each run's own per-step timing, as 10-step window means (the peer times every step on the host;
-seo_dist logs ``perf/step_time_s`` per 10-step log window); the first window (warm-up) is dropped and the median
-of the rest is the run's step time. Start-up (imports, DeepSpeed init, data) is excluded. Per pair the ratio
+Step time: each run's own per-step timing, as 10-step window means: the peer times every step on the host;
+for seo_dist, the wall time between two consecutive log rows of metrics.jsonl (10 whole loop iterations, the
+logging included). The first window (warm-up; for seo_dist, everything before the first log row) is dropped
+and the median of the rest is the run's step time. Start-up (imports, DeepSpeed init, data) is excluded. Per pair the ratio
 peer/seo_dist is the relative throughput (1.0 = no overhead); the table gives every pair, the median and the
 spread (min-max) of the ratio.
 
@@ -92,8 +93,11 @@ def run_seo(args: argparse.Namespace, tmp: Path, i: int) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"seo_dist run failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     rows = [json.loads(line) for line in (base / f"seo_{i}" / "metrics" / "metrics.jsonl").read_text().splitlines()]
-    windows = [r["perf/step_time_s"] for r in rows if "perf/step_time_s" in r]
-    return window_median(windows), wall
+    logged = [r["time"] for r in rows if "train/lr" in r]  # one row per log window, stamped when logged
+    # the wall time between two log rows: 10 whole loop iterations, logging and bookkeeping included (the
+    # profiler's perf/step_time_s spans only the step itself, from its first phase to step_end)
+    windows = [(b - a) / WINDOW for a, b in zip(logged, logged[1:])]
+    return statistics.median(windows), wall
 
 
 def main() -> None:
