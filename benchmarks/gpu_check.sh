@@ -4,13 +4,16 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # default OUT_DIR: benchmarks/out/gpu_check
 #
 # For a machine with one CUDA GPU and the project's environment already active (torch with CUDA, deepspeed,
-# transformers, xxhash; nvidia-ml-py for the gpu/* metrics). Installs and downloads nothing. Under 8 minutes:
+# transformers, xxhash; nvidia-ml-py for the gpu/* metrics). Installs and downloads nothing. Under 15 minutes:
 #   1. environment check: fails at once, with the reason, when there is no usable GPU;
 #   2. the GPU-only tests: pinned staging of CUDA tensors, StepProfiler's CUDA/NVML path;
 #   3. benchmarks/bench_checkpoint.py on 1 rank (torchrun, nccl, bf16, ZeRO-2) with a GPT-2 sized to use
 #      about half of the GPU: stall per save for DeepSpeed's default engine, seo_dist sync and async
 #      (pinned staging buffers), background write rate against raw write+fsync, step-time slowdown, and
-#      the StepProfiler metrics (step time, tokens/s, TFLOPs, MFU, device memory, NVML util/power/memory).
+#      the StepProfiler metrics (step time, tokens/s, TFLOPs, MFU, device memory, NVML util/power/memory);
+#   4. benchmarks/bench_overhead.py on 1 rank: seo_dist.train against a plain DeepSpeed loop (same GPT-2 4 x 256,
+#      micro batch 8, sequence 128, ZeRO-2, clipping, AdamW), 5 interleaved pairs, median step time and spread
+#      (goal: throughput ratio >= 0.98). Set OVERHEAD_PAIRS / OVERHEAD_STEPS to change its size.
 # Everything printed is also in OUT_DIR/gpu_check.log; record the block at the end in benchmarks/RESULTS.md.
 set -euo pipefail
 
@@ -94,6 +97,19 @@ if [ "$STATUS" -ne 0 ]; then
   exit 1
 fi
 
+# ---------------------------------------------------------------- 4. training-step overhead on the GPU
+say "== overhead: seo_dist.train vs plain DeepSpeed (1 rank, GPU, ${OVERHEAD_PAIRS:-5} pairs) at $(elapsed) s"
+OVERHEAD_JSON="$OUT/bench_overhead_gpu.json"
+set +e
+timeout --signal=INT 480 "$PY" benchmarks/bench_overhead.py --nproc 1 --pairs "${OVERHEAD_PAIRS:-5}" \
+  --steps "${OVERHEAD_STEPS:-60}" --json "$OVERHEAD_JSON" > "$OUT/overhead.out" 2>&1
+OVERHEAD_STATUS=$?
+set -e
+grep -v -i "warn\|return func\|^\s*$" "$OUT/overhead.out" | tail -n 14 | tee -a "$LOG"
+if [ "$OVERHEAD_STATUS" -ne 0 ]; then
+  say "gpu_check: overhead benchmark FAILED (exit $OVERHEAD_STATUS; 124 = over its 480 s budget); see $OUT/overhead.out"
+fi
+
 # ---------------------------------------------------------------- what to record
 say ""
 say "== RECORD in benchmarks/RESULTS.md (gpu_check, $(elapsed) s in all) =="
@@ -124,3 +140,14 @@ for r in d["results"]:
         print("- profiler: no gpu/* (NVML) metrics: is nvidia-ml-py installed and the driver's NVML reachable?")
 print(f"- JSON: {sys.argv[1]}")
 EOF
+if [ -f "$OVERHEAD_JSON" ]; then
+  "$PY" - "$OVERHEAD_JSON" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, sys
+
+d = json.load(open(sys.argv[1]))
+s = d["summary"]
+print(f"- overhead ({len(d['pairs'])} interleaved pairs, 1 rank): plain DeepSpeed {s['peer_step_ms_median']:.1f} ms, "
+      f"seo_dist {s['seo_step_ms_median']:.1f} ms per step; throughput ratio median {s['ratio_median']:.3f} "
+      f"(min {s['ratio_min']:.3f}, max {s['ratio_max']:.3f}; goal >= 0.98); JSON {sys.argv[1]}")
+EOF
+fi

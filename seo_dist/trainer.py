@@ -1,9 +1,10 @@
 """SEOTrainer: wires data, model, DeepSpeed engine, tracking, checkpointing and profiling.
 
 The loop itself stays short; every concern lives in its own component (:mod:`seo_dist.training`,
-:mod:`seo_dist.resume`). Collectives happen at fixed points that every rank reaches together: one small
-all-reduce per micro-step (global loss, non-finite check and the stop flag), validation, checkpoint
-saves and the profiler's log-interval gather.
+:mod:`seo_dist.resume`). Collectives happen at fixed points that every rank reaches together: DeepSpeed's
+own, a host-only flag exchange per step (stop request, failed save; :mod:`seo_dist.training.flags`), the
+loss all-reduce and the profiler's gather at the log interval, validation and checkpoint saves. The step
+itself never waits for the device (:mod:`seo_dist.training.step`).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class SEOTrainer:
 
         t = self.job.train
         # Phases where a fast rank waits for a slow one: excluded from "busy" time when naming stragglers.
-        sync = ("loss_sync", "backward") + (("forward",) if zero_stage(self.job) == 3 else ())
+        sync = ("backward", "optimizer") + (("forward",) if zero_stage(self.job) == 3 else ())
         self.profiler = StepProfiler(
             self.job.profiling,
             device=self.engine.device,
@@ -166,6 +167,7 @@ class SEOTrainer:
         if exp_dir is None or not self.job.experiment.checkpoint_enabled:
             return
         from seo_dist.checkpoint import AdvancedCheckpointManager
+        from seo_dist.export.run_files import export_files
 
         self.checkpoints = AdvancedCheckpointManager.from_config(
             ExperimentLayout(exp_dir).checkpoints,
@@ -173,6 +175,7 @@ class SEOTrainer:
             event_fn=self.tracker.log_event,
             config_hash=self.job.config_hash(),
             config=self.job.to_dict(),
+            run_files=export_files(self.hf_config, self.tokenizer),
         )
         self.checkpoints.sweep_abandoned()
         self.tracker.checkpoint_manager = self.checkpoints
@@ -349,43 +352,50 @@ class SEOTrainer:
                                checkpoints=self.checkpoints, event=self.tracker.log_event)  # fmt: skip
         loop_start = time.perf_counter()
         stop, step_metrics = False, {}
-        window_loss, window_steps, window_start = 0.0, 0, loop_start
+        window_steps, window_start = 0, loop_start
         while self.step < t.max_steps:
             monitor.beat(self.step)
             outcome = train_step(self.step)
-            loss, stop = outcome.loss, outcome.stop
+            stop = outcome.stop
             self.step += 1
             self.tokens_seen += tokens_per_step
-            window_loss, window_steps = window_loss + loss, window_steps + 1
+            window_steps += 1
             self.profiler.step_end(self.step)
             monitor.step_done(self.step)
             if self.checkpoints is not None:
                 if outcome.checkpoint_failed:  # every rank raises the failed save's error at this same step
                     self.checkpoints.wait()
                 self._log_checkpoint_stats(self.checkpoints.poll(raise_errors=False))
+            loss: float | None = None
             if self.step % t.log_interval == 0 or self.step == t.max_steps or stop:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
+                loss = train_step.read_loss()  # the window's loss: read here, once (a device synchronisation)
                 metrics = {
-                    TRAIN_LOSS: window_loss / window_steps,
+                    **({TRAIN_LOSS: loss} if loss is not None else {}),
                     "train/lr": self.lr_scheduler.get_last_lr()[0],
                     "train/tokens_seen": float(self.tokens_seen),
                     **self.profiler.collect(self.step),
                 }
                 self._log(metrics, result)
                 monitor.observe_metrics(metrics, self.step)
-                bar.set_postfix(loss=f"{metrics[TRAIN_LOSS]:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                bar.set_postfix(loss=f"{loss if loss is not None else float('nan'):.3f}", tok_s=f"{tok_s:,.0f}",
+                                refresh=False)  # fmt: skip
+                window_steps, window_start = 0, time.perf_counter()
             bar.update(1)
             last = self.step == t.max_steps or stop
-            step_metrics = {TRAIN_LOSS: loss}
+            saving = not last and self.checkpoints is not None and self.checkpoints.should_save(self.step)
+            if saving and loss is None:  # the loss since the last log step, for the checkpoint's metrics
+                loss = train_step.read_loss(reset=False)
+            step_metrics = {TRAIN_LOSS: loss} if loss is not None else {}
             if not last and t.eval_interval and self.step % t.eval_interval == 0:
                 step_metrics[VAL_LOSS] = self.evaluate()
                 self._log({VAL_LOSS: step_metrics[VAL_LOSS]}, result)
-            if not last and self.checkpoints is not None and self.checkpoints.should_save(self.step):
+            if saving:
                 self._save(self._with_best_metric(step_metrics))
             if stop:
                 break
+        train_step.close()
         bar.close()
         monitor.heartbeat.phase(hb.FINISH)
         result.loop_time_s = time.perf_counter() - loop_start

@@ -82,6 +82,8 @@ class CheckpointManager:
             none). Under a key, ``xxh3_128`` per-file hashes become ``blake3``.
         allow_unsigned: with a key, whether an unsigned checkpoint may still load (default
             ``strategy.allow_unsigned``).
+        run_files: ``{relative path: bytes}`` that rank 0 writes into every checkpoint, listed in its manifest
+            (the trainer passes ``hf_config.json`` and ``tokenizer/``, so that an export needs nothing else).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class CheckpointManager:
         pin_memory: bool | None = None,
         signing_key: SigningKey | None = None,
         allow_unsigned: bool | None = None,
+        run_files: Mapping[str, bytes] | None = None,
     ) -> None:
         self.strategy = strategy if strategy is not None else CheckpointConfig()
         hash_algorithm = hash_algorithm or self.strategy.hash_algorithm
@@ -155,6 +158,7 @@ class CheckpointManager:
             on_error=on_error,
             pin_memory=pin_memory,
             signing_key=self.signing_key,
+            run_files=run_files,
         )
         trust = ManifestTrust(
             self.signing_key, self.strategy.allow_unsigned if allow_unsigned is None else allow_unsigned

@@ -22,13 +22,14 @@ from seo_dist.checkpoint.backend import CheckpointBackend
 from seo_dist.checkpoint.commit import RankOutcome, commit_checkpoint, prepare_staging
 from seo_dist.checkpoint.errors import CheckpointSaveError, PeersLostAfterCommit
 from seo_dist.checkpoint.events import EventRelay
-from seo_dist.checkpoint.hashing import write_torch_file
+from seo_dist.checkpoint.hashing import FileRecord, HashingWriter, write_torch_file
 from seo_dist.checkpoint.layout import checkpoint_name, rank_state_file
 from seo_dist.checkpoint.manifest import ConfigStamp, Manifest, clean_metrics, collect_versions
 from seo_dist.checkpoint.root_keeper import RootKeeper
 from seo_dist.checkpoint.signing import SigningKey
 from seo_dist.checkpoint.staging import HostStager
 from seo_dist.errors import error_line
+from seo_dist.fileio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,27 @@ def _rank_file(request: SaveRequest) -> dict[str, Any]:
     }
 
 
+def write_run_files(files: Mapping[str, bytes], folder: Path, algorithm: str) -> tuple[list[FileRecord], list[str]]:
+    """Write the run's own files (``{relative path: bytes}``) into ``folder``, hashed and fsynced, for the
+    manifest; errors are returned, not raised, as for the engine's files."""
+    records: list[FileRecord] = []
+    errors: list[str] = []
+    parents: set[Path] = set()
+    for relpath, data in files.items():
+        path = folder / relpath
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            parents.add(path.parent)
+            with HashingWriter(path, relpath, algorithm) as writer:
+                writer.write(data)
+            records.append(writer.close())
+        except Exception as e:  # noqa: BLE001 - goes to the commit, which fails on every rank
+            errors.append(f"{relpath}: {error_line(e)}")
+    for parent in parents - {folder}:
+        fsync_dir(parent)
+    return records, errors
+
+
 def _write_stats(outcome: RankOutcome, write_s: float) -> SaveStats:
     rank_bytes = sum(r.size for r in outcome.records)
     return {
@@ -83,6 +105,8 @@ class SavePipeline:
     """Saves into one checkpoints root; collects background saves and keeps their stats and errors.
 
     ``on_error="raise"`` keeps a background save's failure to raise on the training thread; ``"warn"`` logs it.
+    ``run_files`` (``{relative path: bytes}``) are written by rank 0 into every checkpoint and listed in its
+    manifest (the trainer passes what an export needs: the model config and the tokenizer).
     """
 
     def __init__(
@@ -98,9 +122,11 @@ class SavePipeline:
         on_error: str,
         pin_memory: bool | None = None,
         signing_key: SigningKey | None = None,
+        run_files: Mapping[str, bytes] | None = None,
     ) -> None:
         self.root = root
         self.signing_key = signing_key
+        self.run_files = dict(run_files or {})
         self.hash_algorithm = hash_algorithm
         self.stamp = stamp
         self.keeper = keeper
@@ -183,6 +209,9 @@ class SavePipeline:
             """Writer thread: write the staged files (unless staging failed), then the collective commit."""
             write_start = time.perf_counter()
             records, write_errors = write_staged(files, staging, self.hash_algorithm) if not errors else ([], [])
+            if not errors and dist.is_rank_zero():
+                more, more_errors = write_run_files(self.run_files, staging, self.hash_algorithm)
+                records, write_errors = records + more, write_errors + more_errors
             outcome = RankOutcome(dist.get_rank(), records, errors + write_errors)
             write_s = time.perf_counter() - write_start
             st.update(_write_stats(outcome, write_s))
@@ -213,6 +242,10 @@ class SavePipeline:
             outcome.errors += failed
             name = rank_state_file(dist.get_rank())
             outcome.records.append(write_torch_file(_rank_file(request), staging, name, self.hash_algorithm))
+            if dist.is_rank_zero():
+                written, failed = write_run_files(self.run_files, staging, self.hash_algorithm)
+                outcome.records += written
+                outcome.errors += failed
         except Exception as e:  # noqa: BLE001 - goes to the commit, which fails on every rank
             outcome.errors.append(error_line(e))
         return outcome

@@ -38,6 +38,8 @@ from seo_dist.export.errors import CorruptCheckpointError
 from seo_dist.export.hf_files import (
     CONFIG_NAME,
     GENERATION_CONFIG_NAME,
+    HF_CONFIG_FILE,
+    REBUILT,
     find_hf_config,
     find_tokenizer,
     generation_config,
@@ -151,6 +153,14 @@ def output_tensors(weights: ModelWeights, dtype: DType, tie: bool) -> list[Outpu
             for alias, src in weights.aliases.items()
         ]
     return out
+
+
+def slow_path_note(folder: Path, what: str) -> str:
+    """Why an export took the slow path: the checkpoint lacks the files a run saves for it."""
+    return (
+        f"{folder}: {what} (imports transformers and reloads the corpus: slow). Checkpoints saved by this "
+        f"seo_dist version carry {HF_CONFIG_FILE} and tokenizer/ and export without that"
+    )
 
 
 def _check_destination(out: Path, checkpoint: Path) -> None:
@@ -293,6 +303,8 @@ def _write_model_folder(
     records.append(_write_json(staging, CONFIG_NAME, model_config(hf_config, target), hash_algorithm))
     records.append(_write_json(staging, GENERATION_CONFIG_NAME, generation_config(hf_config), hash_algorithm))
     sources, warnings = {"config": config_origin}, []
+    if config_origin.startswith(REBUILT):
+        warnings.append(slow_path_note(folder, f"no {HF_CONFIG_FILE}: the model config was {config_origin}"))
     with find_tokenizer(folder, tokenizer_dir) as tokenizer:
         if tokenizer is None:
             warnings.append(
@@ -301,6 +313,8 @@ def _write_model_folder(
             )
         else:
             sources["tokenizer"] = tokenizer.origin
+            if tokenizer.origin.startswith(REBUILT):
+                warnings.append(slow_path_note(folder, f"no saved tokenizer: it was {tokenizer.origin}"))
             records += [_copy_file(f, staging, f.name, hash_algorithm) for f in tokenizer.files]
     source, verify_warnings = verification.result()
     manifest = Manifest(

@@ -2,14 +2,15 @@
 
 Where they come from, first match wins:
 
-- model config: ``hf_config.json`` (what seo_dist's trainer should save into each checkpoint) or
+- model config: ``hf_config.json`` (what seo_dist's trainer saves into each checkpoint) or
   ``config.json`` in the checkpoint folder; else rebuilt the way the trainer built it from the job config
   recorded in the checkpoint's manifest, or from the experiment's ``config.yaml``.
-- tokenizer: an explicit directory; tokenizer files in the checkpoint folder or its ``tokenizer/``; the
-  experiment's ``artifacts/tokenizer/``; the job config's ``data.tokenizer``; else rebuilt from the job
-  config (seo_dist's tokenizer training is deterministic and cached).
+- tokenizer: an explicit directory; tokenizer files in the checkpoint folder or its ``tokenizer/`` (saved
+  there by the trainer); the experiment's ``artifacts/tokenizer/``; the job config's ``data.tokenizer``;
+  else rebuilt from the job config (seo_dist's tokenizer training is deterministic and cached).
 
-Only the rebuild paths import transformers; the usual path reads and copies files.
+Only the rebuild paths (checkpoints saved before the trainer kept these files) import transformers and
+reload the corpus; the usual path reads and copies files.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 """What transformers' tokenizers save; copied by name so a model directory used as tokenizer brings no weights."""
+REBUILT = "rebuilt from"
+"""How the origin of a rebuilt config or tokenizer begins (the slow path)."""
 GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
@@ -135,7 +138,7 @@ def find_hf_config(checkpoint: Path) -> tuple[dict[str, Any], str]:
             return _read_json(checkpoint / name), str(checkpoint / name)
     job = load_job_sections(checkpoint)
     if job is not None:
-        return _rebuild_hf_config(job), f"rebuilt from {job.origin}"
+        return _rebuild_hf_config(job), f"{REBUILT} {job.origin}"
     raise UserError(
         f"no model config for {checkpoint}: expected {HF_CONFIG_FILE} in the checkpoint folder, a job "
         f"config in its {MANIFEST}, or {CONFIG_YAML} in its experiment directory"
@@ -203,4 +206,4 @@ def find_tokenizer(checkpoint: Path, explicit: Path | None = None) -> Iterator[T
         return
     with tempfile.TemporaryDirectory(prefix="seo_dist_tokenizer_") as tmp:
         _rebuild_tokenizer(job).save_pretrained(tmp)
-        yield TokenizerSource(tokenizer_files(Path(tmp)), f"rebuilt from {job.origin}")
+        yield TokenizerSource(tokenizer_files(Path(tmp)), f"{REBUILT} {job.origin}")
