@@ -23,7 +23,6 @@ import torch
 
 from seo_dist import dist
 from seo_dist.config import TRAIN_LOSS, VAL_LOSS, JobConfig, job_problems
-from seo_dist.data import ShardedLoader, validation_batches
 from seo_dist.engine.deepspeed_engine import check_precision
 from seo_dist.engine.ds_config import resolve_deepspeed, zero_stage
 from seo_dist.errors import ConfigError, error_line
@@ -37,6 +36,7 @@ from seo_dist.resume import (
     resume_experiment_dir,
 )
 from seo_dist.tracking.layout import ExperimentLayout
+from seo_dist.training.data_setup import open_job_data, validation_loss
 from seo_dist.training.final_export import export_final_model
 from seo_dist.training.restore import trainer_state
 from seo_dist.training.step import MAX_CONSECUTIVE_NON_FINITE, NonFiniteLossError, TrainStep
@@ -90,45 +90,9 @@ class SEOTrainer:
 
     # ------------------------------------------------------------------ setup
 
-    def _setup_tokenizer(self) -> None:
-        """The prepared dataset (``data.dataset``, or ``data.corpus`` prepared into the cache) and its tokenizer."""
-        from seo_dist.data.cache import prepare_cached
-        from seo_dist.data.dataset import open_dataset
-        from seo_dist.data.tokenizer import load_tokenizer, tokenizer_hash
-
-        data = self.job.data
-        own = load_tokenizer(data.tokenizer) if data.tokenizer is not None else None
-        own_hash = tokenizer_hash(own) if own is not None else None
-        path, self.dataset_prepared = Path(data.dataset or ""), False
-        if data.dataset is None:
-            path, self.dataset_prepared = prepare_cached(
-                data.corpus, vocab_size=data.vocab_size, val_fraction=data.val_fraction,
-                tokenizer_dir=data.tokenizer, tokenizer_hash=own_hash, local_rank=dist.get_dist_info().local_rank,
-            )  # fmt: skip
-        self.dataset = open_dataset(path, verify=data.verify, tokenizer_hash=own_hash, seq_len=self.job.train.seq_len)
-        self.tokenizer = own if own is not None else load_tokenizer(self.dataset.tokenizer_dir)
-
-    def _setup_data(self, info: dist.DistInfo) -> None:
-        t = self.job.train
-        self.train_samples = self.dataset.windows("train", t.seq_len)
-        self.val_samples = self.dataset.windows("val", t.seq_len)
-        try:
-            self.loader = ShardedLoader(self.train_samples, t.micro_batch_size, rank=info.rank,
-                                        world_size=info.world_size, seed=t.seed, grad_accum=t.grad_accum)  # fmt: skip
-        except ValueError as e:
-            raise ConfigError(f"data: {e}") from None
-        if len(self.val_samples) // info.world_size < t.micro_batch_size:
-            raise ConfigError(
-                f"the validation split has {len(self.val_samples)} samples, too few for "
-                f"{info.world_size} rank(s) x train.micro_batch_size={t.micro_batch_size}; raise data.val_fraction"
-            )
-
-    def _log_dataset(self) -> None:
-        ds = self.dataset
-        self.tracker.log_event(
-            "dataset_ready", path=str(ds.path), prepared=self.dataset_prepared, train_tokens=ds.tokens("train"),
-            val_tokens=ds.tokens("val"), train_samples=len(self.train_samples), tokenizer_hash=ds.tokenizer_hash,
-        )  # fmt: skip
+    def _open_data(self, info: dist.DistInfo) -> None:
+        self.data = open_job_data(self.job, info)
+        self.tokenizer, self.loader, self.val_samples = self.data.tokenizer, self.data.loader, self.data.val_samples
 
     def _build_model(self) -> None:
         from seo_dist.model import build_model
@@ -278,11 +242,10 @@ class SEOTrainer:
             raise ConfigError(problem)
         self.ds_config = resolve_deepspeed(job, info.world_size)
         check_precision(self.ds_config, dist.get_device())
-        self._setup_tokenizer()
+        self._open_data(info)
         self._build_model()
-        self._setup_data(info)
         exp_dir = self._start_tracking()
-        self._log_dataset()
+        self.tracker.log_event("dataset_ready", **self.data.event_fields())
         self.monitor = Monitor(job.monitor, tracker=self.tracker, exp_dir=exp_dir).start()
         self._stop.install()
         result = self._result = TrainResult(status="running", step=0, exp_dir=exp_dir)
@@ -435,25 +398,7 @@ class SEOTrainer:
     def evaluate(self) -> float:
         """Mean validation loss over all ranks (every rank runs the same number of batches). Collective."""
         with self._phase(hb.VALIDATION):
-            return self._evaluate()
-
-    @torch.no_grad()
-    def _evaluate(self) -> float:
-        info = dist.get_dist_info()
-        engine, t = self.engine, self.job.train
-        was_training = engine.training
-        engine.eval()
-        total, count = 0.0, 0.0
-        for batch in validation_batches(
-            self.val_samples, t.micro_batch_size, info.rank, info.world_size, t.eval_batches
-        ):
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            total += engine(**batch).loss.float().item()
-            count += 1
-        if was_training:
-            engine.train()
-        total, count = dist.all_reduce_sum([total, count])
-        return total / count
+            return validation_loss(self.engine, self.val_samples, self.job)
 
     def _log(self, metrics: dict[str, float], result: TrainResult) -> None:
         result.history.append({"step": self.step, **metrics})
