@@ -269,7 +269,7 @@ def test_one_non_finite_batch_is_skipped_with_on_nan_skip(restarted, chain):
     nan = [e for e in restarted["events"] if e["event"] == "non_finite_loss"]
     assert nan and all(e["policy"] == "skip" and e["level"] == "warning" for e in nan), nan
     assert all(isinstance(r["train/loss"], float) for r in loss_rows(chain.exp_dir))  # no NaN reached the metrics
-    record("Loss NaN once on one rank (on_nan: skip)", "event; micro-batch skipped on every rank; run went on")
+    record("Loss NaN once on one rank (on_nan: skip)", "event; that step's update skipped on every rank; run went on")
 
 
 # ---------------------------------------------------------------------------- 4. disk full, corruption, TensorBoard
@@ -337,7 +337,7 @@ def test_real_divergence_stops_with_one_line_exit_1_status_failed(diverged):
 @pytest.mark.chaos
 def test_real_divergence_with_on_nan_skip_stops_instead_of_looping(tmp_path, cache_dir):
     """``skip`` cannot help once the weights themselves are non-finite: after a bounded number of skipped
-    micro-batches in a row the run stops like ``stop`` does (it used to loop forever, never finishing a step)."""
+    steps in a row the run stops like ``stop`` does (it used to loop forever, never finishing a step)."""
     from seo_dist.trainer import MAX_CONSECUTIVE_NON_FINITE
 
     base = tmp_path / "experiments"
@@ -352,4 +352,4 @@ def test_real_divergence_with_on_nan_skip_stops_instead_of_looping(tmp_path, cac
     assert "seo_dist: training stopped: loss stayed non-finite" in job.output()
     assert metadata(exp_dir)["status"] == "failed"
     record("Loss NaN for good (train.lr=1e4, on_nan: skip)",
-           f"stopped after {MAX_CONSECUTIVE_NON_FINITE} skipped micro-batches in a row; exit 1; no endless loop")  # fmt: skip
+           f"stopped after {MAX_CONSECUTIVE_NON_FINITE} skipped steps in a row; exit 1; no endless loop")  # fmt: skip

@@ -15,6 +15,7 @@ split holds at least one sample of the job's sequence length. Each failure is on
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -84,8 +85,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_files(path: Path, manifest: dict[str, Any], verify: Verify) -> None:
-    """Every file the manifest lists has its size (and with ``full`` its hash); raises naming the first bad one."""
+def file_problems(path: Path, manifest: dict[str, Any], verify: Verify) -> Iterator[str]:
+    """One line per file whose size (and with ``full`` hash) differs from the manifest, or that is missing."""
     algorithm = manifest["hash_algorithm"]
     buffer = bytearray(8 << 20) if verify == "full" else None
     for rel, want in sorted(manifest["files"].items()):
@@ -93,18 +94,20 @@ def verify_files(path: Path, manifest: dict[str, Any], verify: Verify) -> None:
         try:
             size = file.stat().st_size
         except OSError:
-            raise UserError(f"data.dataset: {file} is missing; prepare the dataset again") from None
+            yield f"{file} is missing"
+            continue
         if size != want["size"]:
-            raise UserError(
-                f"data.dataset: {file} has {size} bytes, the manifest says {want['size']}; prepare the dataset again"
-            )
-        if verify == "full":
+            yield f"{file} has {size} bytes, the manifest says {want['size']}"
+        elif verify == "full":
             _, digest = hash_file(file, algorithm, buffer)
             if digest != want["hash"]:
-                raise UserError(
-                    f"data.dataset: {file} is corrupt ({algorithm} {digest} != {want['hash']} in the manifest); "
-                    "prepare the dataset again"
-                )
+                yield f"{file} is corrupt ({algorithm} {digest} != {want['hash']} in the manifest)"
+
+
+def verify_files(path: Path, manifest: dict[str, Any], verify: Verify) -> None:
+    """Every file the manifest lists has its size (and with ``full`` its hash); raises naming the first bad one."""
+    for problem in file_problems(path, manifest, verify):
+        raise UserError(f"data.dataset: {problem}; prepare the dataset again")
 
 
 def open_dataset(
