@@ -8,6 +8,9 @@
 (b) prepare: ``seo-dist prepare-data`` throughput with a given tokenizer vs the tokenizer's own
     ``encode_batch_fast`` on the same in-memory documents and threads, and today's path before prepared data
     (``load_corpus`` + ``pack_blocks``), on a ``--prepare-mb`` MB corpus.
+(d) today's command on a big JSONL corpus (``data.corpus=FILE``, ``--corpus-records`` generated records, 5
+    steps) against the shipped corpus: wall time and peak memory per rank, first start (prepares into the
+    cache) and second start (reuses it).
 (c) loader: samples/s of :class:`~seo_dist.data.loader.ShardedLoader` alone over the smallest dataset
     (GPT-2 124M shapes: seq_len 1024, micro batch 8).
 
@@ -96,9 +99,11 @@ class _Peaks:
         return sorted(self.peaks.values(), reverse=True)
 
 
-def startup_row(dataset: Path, work: Path, cache: Path, nproc: int, steps: int) -> dict:
+def startup_row(data: str, work: Path, cache: Path, nproc: int, steps: int) -> dict:
+    """One training run with ``data`` (a ``--set`` such as ``data.dataset=DIR``): launch to first step, wall
+    time, and each rank's peak own memory and RSS."""
     base = work / "experiments"
-    sets = [f"data.dataset={dataset}", f"experiment.base_dir={base}", f"train.max_steps={steps}", "train.log_interval=1",
+    sets = [data, f"experiment.base_dir={base}", f"train.max_steps={steps}", "train.log_interval=1",
             "train.eval_interval=0", "train.eval_batches=1", "train.progress_bar=false", "checkpoint.save_interval=0",
             "experiment.checkpoint_enabled=false", "experiment.code_snapshot=false", "experiment.wandb=disabled",
             "experiment.tensorboard=false", "experiment.console=false"]  # fmt: skip
@@ -108,6 +113,7 @@ def startup_row(dataset: Path, work: Path, cache: Path, nproc: int, steps: int) 
     proc = subprocess.Popen(cmd, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks = _Peaks(proc.pid)
     out, _ = proc.communicate()
+    wall = time.time() - launched
     ranks = peaks.stop()[:nproc]  # the workers are the largest processes of the tree
     if proc.returncode != 0:
         raise RuntimeError(out[-3000:])
@@ -116,6 +122,7 @@ def startup_row(dataset: Path, work: Path, cache: Path, nproc: int, steps: int) 
     first = min(r["time"] for r in rows if r.get("step") == 1 and "train/loss" in r)
     return {
         "to_first_step_s": round(first - launched, 2),
+        "wall_s": round(wall, 2),
         "peak_own_mb_per_rank": [round(a / 1024, 1) for a, _ in ranks],
         "peak_rss_mb_per_rank": [round(r / 1024, 1) for _, r in ranks],
     }
@@ -175,6 +182,21 @@ def prepare_rows(work: Path, cache: Path, mb: float, workers: int) -> dict:
     }
 
 
+def corpus_rows(work: Path, cache: Path, records: int, nproc: int, steps: int) -> list[dict]:
+    """Today's command on a big JSONL corpus (``data.corpus=FILE``) against the shipped corpus, each started
+    twice: the first start prepares it into the cache, the second reuses it (the row that matters)."""
+    big = make_input(work, records, gz=False)
+    rows = []
+    for name, data in (("shipped corpus", "data.corpus=null"), (f"{big.name}", f"data.corpus={big}")):
+        for start in ("first", "second"):
+            row = {"corpus": name, "mb": round(big.stat().st_size / 2**20) if "null" not in data else None,
+                   "start": start, **startup_row(data, work, cache, nproc, steps)}  # fmt: skip
+            rows.append(row)
+            print(f"{name:>24} {start:>6} start: wall {row['wall_s']:>6.1f}s  own {row['peak_own_mb_per_rank']} MB  "
+                  f"rss {row['peak_rss_mb_per_rank']} MB", flush=True)  # fmt: skip
+    return rows
+
+
 def loader_row(dataset: Path, seconds: float = 3.0) -> dict:
     from seo_dist.data.dataset import open_dataset
     from seo_dist.data.loader import ShardedLoader
@@ -197,6 +219,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--corpus-records", type=int, default=200_000,
+                        help="records of the big JSONL corpus run as data.corpus (0: skip that row)")  # fmt: skip
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "data.json")
     args = parser.parse_args()
@@ -213,17 +237,18 @@ def main() -> None:
         took = prepare([unit] * copies, dataset, cache, "--workers", str(args.workers))
         tokens = json.loads((dataset / "manifest.json").read_text())["splits"]["train"]["tokens"]
         row = {"size_mb": mb, "train_tokens": tokens, "prepare_s": round(took, 1),
-               **startup_row(dataset, work, cache, args.nproc, args.steps)}  # fmt: skip
+               **startup_row(f"data.dataset={dataset}", work, cache, args.nproc, args.steps)}  # fmt: skip
         startup.append(row)
         print(f"{mb:>8g} MB  {tokens:>12,} tok  first step {row['to_first_step_s']:>6.1f}s  own "
               f"{row['peak_own_mb_per_rank']} MB  rss {row['peak_rss_mb_per_rank']} MB", flush=True)  # fmt: skip
+    corpus = corpus_rows(work, cache, args.corpus_records, args.nproc, 5) if args.corpus_records else []
     prep = prepare_rows(work, cache, args.prepare_mb, args.workers)
     print(f"prepare: {prep['prepare_tok_s']:,} tok/s = {prep['prepare_vs_encode_batch']:.2f}x encode_batch "
           f"({prep['encode_batch_tok_s']:,} tok/s); today's path {prep['today_tok_s']:,} tok/s, "
           f"{prep['today_peak_rss_mb']} MB peak", flush=True)  # fmt: skip
     loader = loader_row(work / f"ds_{sizes[0]:g}mb")
     print(f"loader: {loader['samples_per_s']:,} samples/s of 1024 tokens", flush=True)
-    write_report(args.out, {"startup": startup, "prepare": prep, "loader": loader,
+    write_report(args.out, {"startup": startup, "corpus": corpus, "prepare": prep, "loader": loader,
                             "machine": machine(load, workers=args.workers, nproc=args.nproc)})  # fmt: skip
 
 

@@ -90,10 +90,6 @@ class SEOTrainer:
 
     # ------------------------------------------------------------------ setup
 
-    def _open_data(self, info: dist.DistInfo) -> None:
-        self.data = open_job_data(self.job, info)
-        self.tokenizer, self.loader, self.val_samples = self.data.tokenizer, self.data.loader, self.data.val_samples
-
     def _build_model(self) -> None:
         from seo_dist.model import build_model
 
@@ -242,8 +238,10 @@ class SEOTrainer:
             raise ConfigError(problem)
         self.ds_config = resolve_deepspeed(job, info.world_size)
         check_precision(self.ds_config, dist.get_device())
-        self._open_data(info)
-        self._build_model()
+        self.data = open_job_data(job, info)
+        self.tokenizer = self.data.tokenizer
+        self._build_model()  # before the loader: a seq_len over the model's limit is named as such
+        self.loader = self.data.open_loader(job, info)
         exp_dir = self._start_tracking()
         self.tracker.log_event("dataset_ready", **self.data.event_fields())
         self.monitor = Monitor(job.monitor, tracker=self.tracker, exp_dir=exp_dir).start()
@@ -398,7 +396,7 @@ class SEOTrainer:
     def evaluate(self) -> float:
         """Mean validation loss over all ranks (every rank runs the same number of batches). Collective."""
         with self._phase(hb.VALIDATION):
-            return validation_loss(self.engine, self.val_samples, self.job)
+            return validation_loss(self.engine, self.data.val_samples, self.job)
 
     def _log(self, metrics: dict[str, float], result: TrainResult) -> None:
         result.history.append({"step": self.step, **metrics})

@@ -215,7 +215,7 @@ BAD_INPUTS = {
     "wrong type": (["--set", "train.max_steps=many"], "train.max_steps: expected int"),
     "zero stage 7": (["--set", "deepspeed.zero_optimization.stage=7"], "stage must be 0, 1, 2 or 3, got 7"),
     "negative size": (["--set", "train.micro_batch_size=-4"], "train.micro_batch_size must be >= 1"),
-    "batch mismatch": (["--set", "deepspeed.train_batch_size=999"], "train_batch_size=999 does not match"),
+    "batch mismatch": (["--set", "deepspeed.train_batch_size=999"], "train_batch_size=999 cannot be split over"),
     "fp16 on cpu": (["--set", "deepspeed.fp16.enabled=true"], "fp16.enabled is not supported on the CPU"),
     "seq_len over model limit": (["--set", "train.seq_len=4096"], "exceeds the model's n_positions"),
     "keep_last below 2": (["--set", "checkpoint.keep_last=1"], "checkpoint.keep_last must be >= 2"),

@@ -27,9 +27,27 @@ class JobData:
     """Whether this start prepared ``data.corpus`` (False: the cache or ``data.dataset`` already had it)."""
     tokenizer: Any
     """The Hugging Face tokenizer the model trains with (``data.tokenizer``, else the dataset's own)."""
-    train_samples: Any
-    val_samples: Any
-    loader: ShardedLoader
+    train_samples: Any = None
+    val_samples: Any = None
+    loader: ShardedLoader | None = None
+
+    def open_loader(self, job: JobConfig, info: dist.DistInfo) -> ShardedLoader:
+        """This rank's loader over the training samples, and the validation samples; a split too small for
+        the job's batch is a one-line error. (After the model is built: its limits are checked first.)"""
+        t = job.train
+        self.train_samples = self.dataset.windows("train", t.seq_len)
+        self.val_samples = self.dataset.windows("val", t.seq_len)
+        try:
+            self.loader = ShardedLoader(self.train_samples, t.micro_batch_size, rank=info.rank,
+                                        world_size=info.world_size, seed=t.seed, grad_accum=t.grad_accum)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"data: {e}") from None
+        if len(self.val_samples) // info.world_size < t.micro_batch_size:
+            raise ConfigError(
+                f"the validation split has {len(self.val_samples)} samples, too few for "
+                f"{info.world_size} rank(s) x train.micro_batch_size={t.micro_batch_size}; raise data.val_fraction"
+            )
+        return self.loader
 
     def event_fields(self) -> dict[str, Any]:
         """The ``dataset_ready`` event's fields."""
@@ -39,19 +57,19 @@ class JobData:
             "prepared": self.prepared,
             "train_tokens": ds.tokens("train"),
             "val_tokens": ds.tokens("val"),
-            "train_samples": len(self.train_samples),
+            "train_samples": len(self.train_samples) if self.train_samples is not None else None,
             "tokenizer_hash": ds.tokenizer_hash,
         }
 
 
 def open_job_data(job: JobConfig, info: dist.DistInfo) -> JobData:
     """The prepared dataset (``data.dataset``, or ``data.corpus`` prepared into the cache by local rank 0 while
-    the others wait), its tokenizer, and this rank's loader. Bad data or sizes raise one-line errors."""
+    the others wait) and its tokenizer; :meth:`JobData.open_loader` adds the loader. Bad data raises one line."""
     from seo_dist.data.cache import prepare_cached
     from seo_dist.data.dataset import open_dataset
     from seo_dist.data.tokenizer import load_tokenizer, tokenizer_hash
 
-    data, t = job.data, job.train
+    data = job.data
     own = load_tokenizer(data.tokenizer) if data.tokenizer is not None else None
     own_hash = tokenizer_hash(own) if own is not None else None
     path, prepared = Path(data.dataset or ""), False
@@ -60,20 +78,9 @@ def open_job_data(job: JobConfig, info: dist.DistInfo) -> JobData:
             data.corpus, vocab_size=data.vocab_size, val_fraction=data.val_fraction,
             tokenizer_dir=data.tokenizer, tokenizer_hash=own_hash, local_rank=info.local_rank,
         )  # fmt: skip
-    dataset = open_dataset(path, verify=data.verify, tokenizer_hash=own_hash, seq_len=t.seq_len)
+    dataset = open_dataset(path, verify=data.verify, tokenizer_hash=own_hash, seq_len=job.train.seq_len)
     tokenizer = own if own is not None else load_tokenizer(dataset.tokenizer_dir)
-    train_samples, val_samples = dataset.windows("train", t.seq_len), dataset.windows("val", t.seq_len)
-    try:
-        loader = ShardedLoader(train_samples, t.micro_batch_size, rank=info.rank, world_size=info.world_size,
-                               seed=t.seed, grad_accum=t.grad_accum)  # fmt: skip
-    except ValueError as e:
-        raise ConfigError(f"data: {e}") from None
-    if len(val_samples) // info.world_size < t.micro_batch_size:
-        raise ConfigError(
-            f"the validation split has {len(val_samples)} samples, too few for "
-            f"{info.world_size} rank(s) x train.micro_batch_size={t.micro_batch_size}; raise data.val_fraction"
-        )
-    return JobData(dataset, prepared, tokenizer, train_samples, val_samples, loader)
+    return JobData(dataset, prepared, tokenizer)
 
 
 @torch.no_grad()
