@@ -228,12 +228,13 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_data_"))
     cache = work / "cache"
     sizes = [float(s) for s in args.sizes.split(",")]
-    unit_records = max(1000, int(min(sizes) * (1 << 19) / TOKENS_PER_RECORD))  # records per min(sizes) MB
+    unit_mb = min(min(sizes), 10.0)  # the generated input is a list in memory: keep it small, repeat it
+    unit_records = max(1000, int(unit_mb * (1 << 19) / TOKENS_PER_RECORD))  # records per unit_mb MB of tokens
     unit = make_input(work, unit_records)
     startup = []
     for mb in sizes:
         dataset = work / f"ds_{mb:g}mb"
-        copies = max(1, round(mb / min(sizes)))
+        copies = max(1, round(mb / unit_mb))
         took = prepare([unit] * copies, dataset, cache, "--workers", str(args.workers))
         tokens = json.loads((dataset / "manifest.json").read_text())["splits"]["train"]["tokens"]
         row = {"size_mb": mb, "train_tokens": tokens, "prepare_s": round(took, 1),

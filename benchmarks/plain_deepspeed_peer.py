@@ -79,6 +79,8 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     if engine.global_rank == 0:
         Path(args.out).write_text(json.dumps({"step_times_s": times, "losses": losses}))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # without it gloo's threads may abort the exit ("terminate called")
 
 
 if __name__ == "__main__":

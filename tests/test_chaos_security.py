@@ -89,18 +89,23 @@ def test_random_tampering_of_a_signed_deepspeed_checkpoint_is_caught_by_verify(
            "seo-dist verify (exit 1)", trials=TRIALS)  # fmt: skip
 
 
+def save_two_steps(mgr: CheckpointManager, seed: int) -> None:
+    """Steps 1 and 2 of a small model (an optimizer step between them), saved by ``mgr``."""
+    model, opt = make_model(seed)
+    for step in (1, 2):
+        model(torch.randn(4, 8)).sum().backward()
+        opt.step()
+        mgr.save_checkpoint(model, opt, step=step, rank_state={"step": step})
+
+
 @pytest.mark.chaos
 def test_random_tampering_of_a_signed_checkpoint_falls_back_on_load(tmp_path, key_files):  # noqa: F811
     rng = random.Random(SEED + 1)
     key = str(key_files[0])
     for trial in range(TRIALS):
         root = tmp_path / str(trial)
-        model, opt = make_model(trial)
-        mgr = CheckpointManager(root, CheckpointStrategy(save_interval=1, keep_last=3, signing_key_file=key))
-        for step in (1, 2):
-            model(torch.randn(4, 8)).sum().backward()
-            opt.step()
-            mgr.save_checkpoint(model, opt, step=step, rank_state={"step": step})
+        save_two_steps(CheckpointManager(root, CheckpointStrategy(save_interval=1, keep_last=3, signing_key_file=key)),
+                       trial)  # fmt: skip
         folder = root / "step_00000002"
         how = rng.choice(["flip", "swap", "edit"])
         if how == "flip":
@@ -126,10 +131,9 @@ def test_payload_in_a_random_file_never_runs(tmp_path, key_files):  # noqa: F811
     key = key_from_file(key_files[0])
     for trial in range(TRIALS):
         root = tmp_path / str(trial)
-        model, opt = make_model(trial)
-        mgr = CheckpointManager(root, CheckpointStrategy(save_interval=1, keep_last=3), signing_key=key)
-        for step in (1, 2):
-            mgr.save_checkpoint(model, opt, step=step, rank_state={"step": step})
+        save_two_steps(
+            CheckpointManager(root, CheckpointStrategy(save_interval=1, keep_last=3), signing_key=key), trial
+        )
         name = rng.choice([TORCH_STATE_FILE, rank_state_file(0)])
         marker = tmp_path / f"MARKER_{trial}"
         plant_payload(root / "step_00000002", name, marker, rng.choice([key, None]))

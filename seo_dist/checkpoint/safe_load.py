@@ -87,6 +87,16 @@ def _refused_name(error: Exception) -> str | None:
     return None
 
 
+def _refusal(error: pickle.UnpicklingError, where: str, what: str) -> UnsafeCheckpointError:
+    """``WHERE refused to unpickle the object NAME: ...`` from torch's weights-only refusal."""
+    name = _refused_name(error)
+    obj = f"the object {name}" if name else "an object"
+    return UnsafeCheckpointError(
+        f"{where}refused to unpickle {obj}: not one a checkpoint holds (tensors, plain data and DeepSpeed's state "
+        f"classes); nothing from the file was run. Treat {what} as damaged or hostile"
+    )
+
+
 def safe_torch_load(
     path: str | os.PathLike[str],
     map_location: str | torch.device | Callable[..., Any] | None = "cpu",
@@ -104,12 +114,7 @@ def safe_torch_load(
         with _admitted(allowed):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        name = _refused_name(e)
-        what = f"the object {name}" if name else "an object"
-        raise UnsafeCheckpointError(
-            f"{Path(path).name}: refused to unpickle {what}: not one a checkpoint holds (tensors, plain data "
-            f"and DeepSpeed's state classes); nothing from the file was run. Treat the file as damaged or hostile"
-        ) from None
+        raise _refusal(e, f"{Path(path).name}: ", "the file") from None
 
 
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
@@ -128,12 +133,7 @@ def restricted_unpickling(allow: Iterable[str] = DEEPSPEED_GLOBALS) -> Iterator[
         with _admitted(_allowlist(tuple(allow))):
             yield
     except pickle.UnpicklingError as e:
-        name = _refused_name(e)
-        what = f"the object {name}" if name else "an object"
-        raise UnsafeCheckpointError(
-            f"refused to unpickle {what} while converting or loading a universal checkpoint: not one a "
-            f"checkpoint holds; nothing from the file was run. Treat the checkpoint as damaged or hostile"
-        ) from None
+        raise _refusal(e, "while converting or loading a universal checkpoint: ", "the checkpoint") from None
     finally:
         if previous is None:
             os.environ.pop(FORCE_WEIGHTS_ONLY, None)
