@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from seo_dist.checkpoint.errors import ManifestError, SignedManifestError
 from seo_dist.checkpoint.hashing import READ_CHUNK, hash_file
@@ -69,8 +69,19 @@ def default_threads(n_files: int) -> int:
     return max(1, min(8, os.cpu_count() or 1, n_files))
 
 
+class ListedFiles(Protocol):
+    """What :func:`verify_files` reads of a manifest: each file's size and hash, and the hash's algorithm
+    (a checkpoint's :class:`~.manifest.Manifest`, or a prepared dataset's manifest)."""
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]: ...
+
+    @property
+    def hash_algorithm(self) -> str: ...
+
+
 def verify_files(
-    folder: Path, manifest: Manifest, names: list[str], mode: VerifyMode = "full", threads: int | None = None
+    folder: Path, manifest: ListedFiles, names: list[str], mode: VerifyMode = "full", threads: int | None = None
 ) -> tuple[list[FileProblem], int]:
     """Problems among ``names`` (manifest entries) and the bytes checked. The unit of work that
     ranks split between them on load."""

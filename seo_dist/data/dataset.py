@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from seo_dist.checkpoint.hashing import hash_file
+from seo_dist.checkpoint.verify import verify_files as check_files
 from seo_dist.data.shards import TokenWindows
 from seo_dist.errors import UserError
 
@@ -85,23 +85,25 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+@dataclass(frozen=True)
+class _Listed:
+    files: dict[str, dict[str, Any]]
+    hash_algorithm: str
+
+
 def file_problems(path: Path, manifest: dict[str, Any], verify: Verify) -> Iterator[str]:
-    """One line per file whose size (and with ``full`` hash) differs from the manifest, or that is missing."""
-    algorithm = manifest["hash_algorithm"]
-    buffer = bytearray(8 << 20) if verify == "full" else None
-    for rel, want in sorted(manifest["files"].items()):
-        file = path / rel
-        try:
-            size = file.stat().st_size
-        except OSError:
-            yield f"{file} is missing"
-            continue
-        if size != want["size"]:
-            yield f"{file} has {size} bytes, the manifest says {want['size']}"
-        elif verify == "full":
-            _, digest = hash_file(file, algorithm, buffer)
-            if digest != want["hash"]:
-                yield f"{file} is corrupt ({algorithm} {digest} != {want['hash']} in the manifest)"
+    """One line per file whose size (and with ``full`` hash) differs from the manifest, or that is missing
+    (the checkpoint verifier's per-file check, over the dataset manifest's file list)."""
+    listed = _Listed(manifest["files"], manifest["hash_algorithm"])
+    problems, _ = check_files(path, listed, list(listed.files), "full" if verify == "full" else "quick")
+    for problem in problems:
+        file = path / problem.path
+        if problem.kind == "size":
+            yield f"{file} has {file.stat().st_size} bytes, the manifest says {listed.files[problem.path]['size']}"
+        elif problem.kind == "hash":
+            yield f"{file} is corrupt ({problem.detail})"
+        else:  # missing, unreadable (...)
+            yield f"{file} is {problem.detail}"
 
 
 def verify_files(path: Path, manifest: dict[str, Any], verify: Verify) -> None:
