@@ -43,6 +43,8 @@ GPT2_VOCAB = 50257
 GPU_SHAPES = [(12, 768, 12), (24, 1024, 16), (24, 1536, 16), (24, 2048, 16), (32, 2560, 20), (40, 3072, 24)]
 BYTES_PER_PARAM_TRAINING = 16  # bf16 weights + bf16 grads + fp32 master + 2 fp32 Adam moments
 BYTES_PER_PARAM_CHECKPOINT = 14  # bf16 weights + fp32 master + 2 moments
+PREWARM_STEPS = 3
+"""Steps between ``prewarm`` and the first background save (the trainer's first save comes far later)."""
 MAX_GPU_CHECKPOINT_BYTES = 12e9  # --fill-gpu: about 5 checkpoints are written; keep them to a few minutes
 
 
@@ -51,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stages", default="2,3", help="ZeRO stages, comma-separated")
     p.add_argument("--saves", type=int, default=2, help="saves per method and stage")
     p.add_argument("--async-saves", type=int, default=None, help="background saves per stage (default: --saves)")
+    p.add_argument("--no-prewarm", action="store_true", help="the first background save allocates its buffers")
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-embd", type=int, default=768)
     p.add_argument("--n-head", type=int, default=12)
@@ -240,12 +243,18 @@ def agree(flag: bool) -> bool:
     return dist.all_reduce_sum([1.0 if flag else 0.0])[0] > 0
 
 
-def seo_async(engine: Any, root: Path, trainer: Trainer, saves: int, idle_write: bool) -> dict[str, Any]:
-    """Background saves while training goes on (step times recorded), then one with the loop idle."""
+def seo_async(engine: Any, root: Path, trainer: Trainer, saves: int, idle_write: bool, prewarm: bool) -> dict[str, Any]:
+    """Background saves while training goes on (step times recorded), then one with the loop idle. ``prewarm``:
+    as the trainer does, the staging buffers are planned after a step and allocated in the background while
+    ``PREWARM_STEPS`` more steps run (their times recorded), before the first save."""
     from seo_dist.checkpoint import CheckpointManager, CheckpointStrategy
 
     mgr = CheckpointManager(root, CheckpointStrategy(save_interval=1, max_checkpoints=2), async_save=True)
     stalls, stats, busy_steps = [], [], []
+    prewarm_s, prewarm_steps = None, []
+    if prewarm:
+        prewarm_s = timed_save(lambda: mgr.prewarm(engine))  # the training thread's share: the dry run
+        prewarm_steps = [trainer.train_step() for _ in range(PREWARM_STEPS)]
     for i in range(saves):
         trainer.train_step()
         stalls.append(timed_save(lambda i=i: mgr.save_checkpoint(engine, step=200 + i, rank_state={"i": i})))
@@ -264,7 +273,8 @@ def seo_async(engine: Any, root: Path, trainer: Trainer, saves: int, idle_write:
         settle()
     mgr.close()
     remove(root)
-    return {"stall_s": stalls, "stats": stats, "busy_step_s": busy_steps, "idle_stats": idle}
+    return {"stall_s": stalls, "stats": stats, "busy_step_s": busy_steps, "idle_stats": idle,
+            "prewarm_s": prewarm_s, "prewarm_step_s": prewarm_steps}  # fmt: skip
 
 
 def raw_write(folder: Path, nbytes: int) -> float:
@@ -314,7 +324,9 @@ def run_stage(args: argparse.Namespace, stage: int, workdir: Path, device: torch
     folder.mkdir(parents=True, exist_ok=True)
     ds = deepspeed_default(engine, default_engine, folder / "deepspeed", trainer, args.saves)
     sync = seo_sync(engine, folder / "seo_sync", trainer, args.saves)
-    asy = seo_async(engine, folder / "seo_async", trainer, args.async_saves or args.saves, args.idle_write)
+    asy = seo_async(
+        engine, folder / "seo_async", trainer, args.async_saves or args.saves, args.idle_write, not args.no_prewarm
+    )
     rank_bytes = max(s["rank_bytes"] for s in asy["stats"])
     raw_gbps = raw_write(folder, rank_bytes)
     if dist.is_rank_zero():
@@ -322,7 +334,7 @@ def run_stage(args: argparse.Namespace, stage: int, workdir: Path, device: torch
     base_step = statistics.median(dist.all_gather_object(statistics.median(base)))
     busy_step = statistics.median(v for per_rank in dist.all_gather_object(asy["busy_step_s"]) for v in per_rank)
     ds_stall = statistics.median(ds["stall_s"])
-    first_stall = asy["stall_s"][0]  # allocates the staging buffers
+    first_stall = asy["stall_s"][0]  # allocates the staging buffers, unless prewarmed
     steady_stall = statistics.median(asy["stall_s"][1:]) if len(asy["stall_s"]) > 1 else first_stall
     write_gbps = statistics.median(gather_stats(asy["stats"], "write_gbps"))
     idle_gbps = statistics.median(gather_stats(asy["idle_stats"], "write_gbps")) if asy["idle_stats"] else None
@@ -351,6 +363,14 @@ def run_stage(args: argparse.Namespace, stage: int, workdir: Path, device: torch
         "step_s_during_background_save": busy_step,
         "slowdown_pct": 100 * (busy_step - base_step) / base_step,
         "steps_during_background_saves": len(asy["busy_step_s"]),
+        "prewarm": asy["prewarm_s"] is not None,
+        "prewarm_call_s": asy["prewarm_s"],
+        "step_s_while_prewarming": statistics.median(
+            v for per_rank in dist.all_gather_object(asy["prewarm_step_s"]) for v in per_rank
+        )
+        if asy["prewarm_step_s"]
+        else None,
+        "first_save_allocated_bytes": max(dist.all_gather_object(asy["stats"][0].get("staging_allocated_bytes", 0))),
         "staging_buffer_bytes": asy["stats"][0].get("staging_buffer_bytes"),
         "staging_pinned_bytes": asy["stats"][0].get("staging_pinned_bytes"),
         "profile": profile,
@@ -383,11 +403,17 @@ def print_table(results: list[dict[str, Any]], header: str) -> None:
         print(
             f"{r['stage']:<5} {'seo_dist async':<22} {r['seo_async_steady_stall_s']:>15.3f} "
             f"{r['background_write_gbps_training']:>16.2f}  stall = {r['async_stall_vs_deepspeed']:.3f} x DeepSpeed "
-            f"(goal <= 0.1); saves after the first (which allocates the buffers)"
+            f"(goal <= 0.1); saves after the first"
+        )
+        first_note = (
+            f"prewarmed ({r['first_save_allocated_bytes']} bytes left to allocate; dry run {r['prewarm_call_s']:.3f} s, "
+            f"steps meanwhile {r['step_s_while_prewarming']:.3f} s)"
+            if r["prewarm"]
+            else "allocates and first-touches the staging buffers (--no-prewarm)"
         )
         print(
             f"{r['stage']:<5} {'  first async save':<22} {r['seo_async_first_stall_s']:>15.3f} {'':>16}  "
-            f"{r['async_first_stall_vs_deepspeed']:.3f} x DeepSpeed: allocates and first-touches the staging buffers"
+            f"{r['async_first_stall_vs_deepspeed']:.3f} x DeepSpeed: {first_note}"
         )
         if r["background_write_gbps_idle"] is not None:
             print(
@@ -414,7 +440,7 @@ def print_table(results: list[dict[str, Any]], header: str) -> None:
             f"ZeRO {r['stage']} staging buffers: {r['staging_buffer_bytes'] / 1e9:.2f} GB on rank 0, "
             f"{r['staging_pinned_bytes'] / 1e9:.2f} GB of them pinned; stall per save "
             f"{[round(x, 3) for x in r['seo_async_stall_s']]}, staging {[round(x, 3) for x in r['seo_async_stage_s']]} "
-            f"(the first save allocates the buffers)"
+            f"(first save {'prewarmed' if r['prewarm'] else 'allocates the buffers'})"
         )
         if "gpu_total_gb" in r:
             print(

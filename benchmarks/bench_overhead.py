@@ -76,10 +76,23 @@ def run_peer(args: argparse.Namespace, tmp: Path, i: int) -> tuple[float, float]
     return window_median(windows), wall
 
 
-def run_seo(args: argparse.Namespace, tmp: Path, i: int) -> tuple[float, float]:
+VARIANTS = {
+    # what seo_dist adds around the step, switched off one at a time (``--variants``) to find where time goes
+    "shipped": [],
+    "auto_gc": ["train.gc_interval=0"],  # Python's automatic collection, as the peer has it
+    "no_wandb": ["experiment.wandb=disabled"],
+    "no_tensorboard": ["experiment.tensorboard=false"],
+    "no_profiling": ["profiling.enabled=false"],
+    "slow_heartbeat": ["monitor.heartbeat_interval_s=60"],
+    "bare": ["experiment.wandb=disabled", "experiment.tensorboard=false", "profiling.enabled=false",
+             "monitor.heartbeat_interval_s=60", "experiment.console=false"],
+}  # fmt: skip
+
+
+def run_seo(args: argparse.Namespace, tmp: Path, i: int, variant: str = "shipped") -> tuple[float, float]:
     base = tmp / "experiments"
     sets = [
-        f"experiment.base_dir={base}", f"experiment.experiment_id=seo_{i}", "experiment.checkpoint_enabled=false",
+        *VARIANTS[variant], f"experiment.base_dir={base}", f"experiment.experiment_id=seo_{variant}_{i}", "experiment.checkpoint_enabled=false",
         f"model.config.n_layer={args.layers}", f"model.config.n_embd={args.width}", f"model.config.n_head={args.heads}",
         f"model.config.vocab_size={args.vocab}",
         f"train.max_steps={args.steps}", f"train.log_interval={WINDOW}", "train.eval_interval=0",
@@ -92,7 +105,10 @@ def run_seo(args: argparse.Namespace, tmp: Path, i: int) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"seo_dist run failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    rows = [json.loads(line) for line in (base / f"seo_{i}" / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (base / f"seo_{variant}_{i}" / "metrics" / "metrics.jsonl").read_text().splitlines()
+    ]
     logged = [r["time"] for r in rows if "train/lr" in r]  # one row per log window, stamped when logged
     # the wall time between two log rows: 10 whole loop iterations, logging and bookkeeping included (the
     # profiler's perf/step_time_s spans only the step itself, from its first phase to step_end)
@@ -111,34 +127,47 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--json", default="benchmarks/out/overhead.json")
+    p.add_argument(
+        "--variants",
+        default="shipped",
+        help=f"comma-separated seo_dist variants run after the peer in every round: {', '.join(VARIANTS)}",
+    )
     args = p.parse_args()
     if args.steps < 2 * WINDOW or args.steps % WINDOW:
         p.error(f"--steps must be a multiple of {WINDOW}, at least {2 * WINDOW}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or (unknown := [v for v in variants if v not in VARIANTS]):
+        p.error(f"--variants: unknown {unknown or 'empty list'}; choose from {', '.join(VARIANTS)}")
     load = os.getloadavg()
-    pairs = []
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="bench_overhead_") as tmp:
         for i in range(args.pairs):
             peer, peer_wall = run_peer(args, Path(tmp), i)
-            seo, seo_wall = run_seo(args, Path(tmp), i)
-            pairs.append({"peer_step_s": peer, "seo_step_s": seo, "throughput_ratio": peer / seo,
-                          "peer_wall_s": peer_wall, "seo_wall_s": seo_wall})  # fmt: skip
-            print(f"pair {i + 1}/{args.pairs}: peer {peer * 1e3:.1f} ms, seo_dist {seo * 1e3:.1f} ms, "
-                  f"ratio {peer / seo:.3f} (runs {peer_wall:.0f} s + {seo_wall:.0f} s)", flush=True)  # fmt: skip
-    ratios = [x["throughput_ratio"] for x in pairs]
-    summary = {
-        "peer_step_ms_median": statistics.median(x["peer_step_s"] for x in pairs) * 1e3,
-        "seo_step_ms_median": statistics.median(x["seo_step_s"] for x in pairs) * 1e3,
-        "ratio_median": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "goal": ">= 0.98",
-    }
-    print(f"\n{'pair':>4} {'peer ms':>9} {'seo_dist ms':>12} {'throughput ratio':>17}")
-    for i, x in enumerate(pairs, 1):
-        print(f"{i:>4} {x['peer_step_s'] * 1e3:>9.1f} {x['seo_step_s'] * 1e3:>12.1f} {x['throughput_ratio']:>17.3f}")
-    print(f"median: peer {summary['peer_step_ms_median']:.1f} ms, seo_dist {summary['seo_step_ms_median']:.1f} ms, "
-          f"ratio {summary['ratio_median']:.3f} (min {summary['ratio_min']:.3f}, max {summary['ratio_max']:.3f})")  # fmt: skip
-    write_report(args.json, {"args": vars(args), "pairs": pairs, "summary": summary, "machine": machine(load)})
+            row: dict[str, float] = {"peer_step_s": peer, "peer_wall_s": peer_wall}
+            for v in variants:
+                seo, seo_wall = run_seo(args, Path(tmp), i, v)
+                row.update({f"{v}_step_s": seo, f"{v}_ratio": peer / seo, f"{v}_wall_s": seo_wall})
+            rounds.append(row)
+            shown = ", ".join(f"{v} {row[f'{v}_step_s'] * 1e3:.1f} ms ({row[f'{v}_ratio']:.3f})" for v in variants)
+            print(f"round {i + 1}/{args.pairs}: peer {peer * 1e3:.1f} ms, {shown}", flush=True)
+    summary: dict[str, object] = {"peer_step_ms_median": statistics.median(r["peer_step_s"] for r in rounds) * 1e3,
+                                  "goal": ">= 0.98 (shipped)"}  # fmt: skip
+    for v in variants:
+        ratios = [r[f"{v}_ratio"] for r in rounds]
+        summary[v] = {"step_ms_median": statistics.median(r[f"{v}_step_s"] for r in rounds) * 1e3,
+                      "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}  # fmt: skip
+    print(f"\n{'round':>5} {'peer ms':>9} " + " ".join(f"{v + ' ms':>16} {'ratio':>6}" for v in variants))
+    for i, r in enumerate(rounds, 1):
+        cells = " ".join(f"{r[f'{v}_step_s'] * 1e3:>16.1f} {r[f'{v}_ratio']:>6.3f}" for v in variants)
+        print(f"{i:>5} {r['peer_step_s'] * 1e3:>9.1f} {cells}")
+    print(f"median peer: {summary['peer_step_ms_median']:.1f} ms")
+    for v in variants:
+        m = summary[v]
+        print(
+            f"  {v}: {m['step_ms_median']:.1f} ms, throughput ratio {m['ratio_median']:.3f} "  # type: ignore[index]
+            f"(min {m['ratio_min']:.3f}, max {m['ratio_max']:.3f})"
+        )  # type: ignore[index]
+    write_report(args.json, {"args": vars(args), "rounds": rounds, "summary": summary, "machine": machine(load)})
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from seo_dist.resume import (
 from seo_dist.tracking.layout import ExperimentLayout
 from seo_dist.training.data_setup import open_job_data, validation_loss
 from seo_dist.training.final_export import export_final_model
+from seo_dist.training.gc_policy import ScheduledGC
 from seo_dist.training.restore import trainer_state
 from seo_dist.training.step import MAX_CONSECUTIVE_NON_FINITE, NonFiniteLossError, TrainStep
 from seo_dist.training.stop import StopFlag
@@ -87,6 +88,7 @@ class SEOTrainer:
         self._last_checkpoint: Path | None = None
         self._stop = StopFlag()
         self.monitor: Monitor | None = None
+        self._gc = ScheduledGC(0)  # replaced while the loop runs
 
     # ------------------------------------------------------------------ setup
 
@@ -254,7 +256,8 @@ class SEOTrainer:
             seed_everything(job.train.seed + info.rank)
             with self._phase(hb.LOAD):
                 resumed = self._restore()  # after seeding: a checkpoint restores every RNG
-            self._train_loop(info, result, resumed)
+            with ScheduledGC(job.train.gc_interval) as self._gc:
+                self._train_loop(info, result, resumed)
             self.monitor.check_orphaned()  # records why the run stops when its launcher died
             if self.checkpoints is not None:
                 self.checkpoints.close()  # the save in flight is committed (or its failure raised) before "completed"
@@ -275,6 +278,15 @@ class SEOTrainer:
                 self.profiler.close()
         result.step = self.step
         return result
+
+    def _saves_ahead(self) -> bool:
+        """A save is due after this step and before the last (the final one is synchronous: it needs no staging)."""
+        interval = self.job.checkpoint.save_interval
+        return (
+            self.checkpoints is not None
+            and interval > 0
+            and (self.step // interval + 1) * interval < self.job.train.max_steps
+        )
 
     def _phase(self, name: str) -> contextlib.AbstractContextManager[None]:
         """The monitor's heartbeat shows ``name`` (a phase allowed to take long) for the block."""
@@ -314,6 +326,7 @@ class SEOTrainer:
         loop_start = time.perf_counter()
         stop, step_metrics = False, {}
         window_steps, window_start = 0, loop_start
+        first_step = True
         while self.step < t.max_steps:
             monitor.beat(self.step)
             outcome = train_step(self.step)
@@ -323,6 +336,12 @@ class SEOTrainer:
             window_steps += 1
             self.profiler.step_end(self.step)
             monitor.step_done(self.step)
+            self._gc.step(self.step)  # every rank at the same step: nobody waits for another's collection
+            if first_step and self._saves_ahead() and not self.checkpoints.should_save(self.step):
+                # after a step (optimizers create their state in the first one), before the first save: its
+                # staging buffers are allocated in the background, and the first save stalls like the next ones
+                self.checkpoints.prewarm(self.engine)
+            first_step = False
             if self.checkpoints is not None:
                 if outcome.checkpoint_failed:  # every rank raises the failed save's error at this same step
                     self.checkpoints.wait()
@@ -380,7 +399,7 @@ class SEOTrainer:
                 continue  # reported as a checkpoint_save_failed event (checkpoint.on_error=warn)
             metrics = {
                 f"ckpt/{k}": float(stats[k])
-                for k in ("stage_s", "write_s", "bytes", "write_gbps", "commit_s")
+                for k in ("stage_s", "staging_allocated_bytes", "write_s", "bytes", "write_gbps", "commit_s")
                 if stats.get(k) is not None
             }
             self.tracker.log_metrics(metrics, step=self.step)  # at the current step: rows stay in step order

@@ -344,6 +344,8 @@ def async_train_and_resume(out: Path, stage: int) -> tuple[Any, Path, list]:
     for step in range(1, 9):
         losses_a[step] = train_step(engine, step)
         finished += mgr.poll()
+        if step == 1:  # after the first step (AdamW's moments exist), before the first save at 2
+            mgr.prewarm(engine)  # the staging buffers of the first save, allocated in the background
         if step == 3:
             timeline["mutated_after_s"] = time.perf_counter() - timeline.pop("returned_at")
             timeline["in_flight_after_mutation"] = mgr.in_flight

@@ -170,6 +170,17 @@ def test_training_returns_long_before_the_background_write_ends(run, stage):
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_prewarmed_staging_buffers_leave_the_first_save_nothing_to_allocate(run, stage):
+    for rank in (0, 1):
+        res = rank_json(stage_dir(run, stage), "async", rank)
+        background = [s for s in res["finished"] if s["async"]]
+        assert [s["step"] for s in background] == [2, 4, 6]
+        assert background[0]["staged_bytes"] > 20_000  # the model and optimizer shards
+        assert [s["staging_allocated_bytes"] for s in background] == [0, 0, 0], background
+        assert background[0]["staging_buffer_bytes"] >= background[0]["staged_bytes"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_a_new_save_waits_for_the_one_in_flight(run, stage):
     for rank in (0, 1):
         res = rank_json(stage_dir(run, stage), "async", rank)
@@ -345,6 +356,26 @@ def test_staging_buffers_are_allocated_once_and_reused():
     assert stager.allocated_bytes == first + 40 and stager.pool_bytes == first - 14 + 40
     stager.release()
     assert stager.pool_bytes == 0
+
+
+def test_planning_allocates_and_touches_the_buffers_ahead_and_copies_nothing():
+    stager = HostStager()
+    state = tied_state()
+    with stager.planning():
+        planned = stager.stage("x.pt", state)
+    emb = state["module"]["emb"].untyped_storage()
+    assert any(s.data_ptr() == emb.data_ptr() for s in planned.storages.values())  # a dry run: the live storages
+    stager.wait_prewarmed()
+    ahead = stager.allocated_bytes
+    assert ahead == stager.prewarmed_bytes == stager.pool_bytes > 0
+    staged = stager.stage("x.pt", state)
+    assert stager.allocated_bytes == ahead  # the save found every buffer ready
+    assert all(s.data_ptr() != emb.data_ptr() for s in staged.storages.values())
+    assert torch_save_bytes(staged.materialize()) == torch_save_bytes(state)
+    with stager.planning():  # planned again with the buffers in place: nothing more to allocate
+        stager.stage("x.pt", state)
+    stager.wait_prewarmed()
+    assert stager.allocated_bytes == ahead
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: pinned staging of CUDA tensors")

@@ -157,3 +157,37 @@ def test_deepspeed_built_optimizer_follows_our_schedule_without_checkpoints(offl
     train = TrainConfig(max_steps=16, warmup_steps=2, lr=3e-3)  # FAST
     for step, lr in rows.items():  # the scheduler built on DeepSpeed's optimizer is ours
         assert lr == pytest.approx(3e-3 * lr_factor(step, train), rel=1e-6), step
+
+
+def test_scheduled_gc_turns_automatic_collection_off_and_collects_every_interval():
+    import gc
+
+    from seo_dist.training.gc_policy import FULL_EVERY, ScheduledGC
+
+    generations: list[int] = []
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    assert gc.isenabled()
+    gc.callbacks.append(seen)
+    try:
+        with ScheduledGC(5) as collector:
+            assert not gc.isenabled() and gc.get_freeze_count() > 0  # start-up objects frozen, never scanned again
+            generations.clear()
+            garbage = []
+            for step in range(1, 5 * FULL_EVERY + 1):
+                cycle: list = []
+                cycle.append(cycle)  # cyclic garbage: only a collection frees it
+                garbage.append(len(cycle))
+                collector.step(step)
+        assert generations == [1] * (FULL_EVERY - 1) + [2]  # steps 5, 10, ... 50: the tenth is a full one
+        assert collector.collections == FULL_EVERY and collector.seconds > 0
+        assert gc.isenabled() and gc.get_freeze_count() == 0  # restored for the code after the loop
+        with ScheduledGC(0) as off:  # 0: the collector is left alone
+            assert gc.isenabled() and gc.get_freeze_count() == 0
+            off.step(50)
+        assert off.collections == 0 and gc.isenabled()
+    finally:
+        gc.callbacks.remove(seen)

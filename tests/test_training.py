@@ -169,6 +169,9 @@ def test_default_job_leaves_a_complete_experiment(default_run):
     acc.Reload()
     assert len(acc.Scalars("train/loss")) == len(steps)
 
+    allocated = [(r["step"], r["ckpt/staging_allocated_bytes"]) for r in rows if "ckpt/staging_allocated_bytes" in r]
+    assert allocated and all(n == 0 for _, n in allocated), allocated  # buffers made after step 1, in the background
+
     ckpts = exp / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_00000150"
     committed = sorted(p.name for p in ckpts.glob("step_*"))

@@ -214,6 +214,8 @@ class TrainConfig:
     """A non-finite loss: stop the run, or skip that step's update."""
     progress_bar: Bool = True
     """Rank-0 progress bar with loss, tokens/s and ETA."""
+    gc_interval: NonNegative = 50
+    """Python's garbage collector: automatic collection off in the loop, a collection every N steps on every rank at once (0: automatic)."""
 
     __pydantic_config__ = STRICT_KEYS
 
