@@ -54,6 +54,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--saves", type=int, default=2, help="saves per method and stage")
     p.add_argument("--async-saves", type=int, default=None, help="background saves per stage (default: --saves)")
     p.add_argument("--no-prewarm", action="store_true", help="the first background save allocates its buffers")
+    p.add_argument("--no-copy-in-background", action="store_true", help="copy to host buffers in the save call")
+    p.add_argument(
+        "--compare-previous",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run background saves as before prewarm and copy_in_background (same run, before the new path)",
+    )
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-embd", type=int, default=768)
     p.add_argument("--n-head", type=int, default=12)
@@ -140,6 +147,8 @@ class Trainer:
 
         self.engine, self.args = engine, args
         self.step = 0
+        self.checkpoints: Any = None
+        self.last_copy_wait_s = 0.0
         self.gen = torch.Generator().manual_seed(1234)
         self.profiler = StepProfiler(
             ProfilingConfig(),
@@ -159,6 +168,8 @@ class Trainer:
         with prof.phase("backward"):
             engine.backward(loss)
         with prof.phase("optimizer"):
+            if self.checkpoints is not None:  # as seo_dist's trainer: a save's copy must be done first
+                self.last_copy_wait_s = self.checkpoints.wait_for_staging()
             engine.step()
         if engine.device.type == "cuda":
             torch.cuda.synchronize()
@@ -243,27 +254,38 @@ def agree(flag: bool) -> bool:
     return dist.all_reduce_sum([1.0 if flag else 0.0])[0] > 0
 
 
-def seo_async(engine: Any, root: Path, trainer: Trainer, saves: int, idle_write: bool, prewarm: bool) -> dict[str, Any]:
-    """Background saves while training goes on (step times recorded), then one with the loop idle. ``prewarm``:
-    as the trainer does, the staging buffers are planned after a step and allocated in the background while
-    ``PREWARM_STEPS`` more steps run (their times recorded), before the first save."""
+def seo_async(
+    engine: Any, root: Path, trainer: Trainer, saves: int, *, idle_write: bool, prewarm: bool, copy_later: bool
+) -> dict[str, Any]:
+    """Background saves while training goes on (step times recorded), then one with the loop idle.
+
+    ``prewarm``: as the trainer does, the staging buffers are planned after a step and allocated in the background
+    while ``PREWARM_STEPS`` more steps run (their times recorded), before the first save. ``copy_later``: as the
+    trainer does, the copy to host buffers runs on a thread during the next step's forward and backward, and its
+    optimizer step waits for it; that wait (slowest rank) is part of the save's stall here."""
     from seo_dist.checkpoint import CheckpointManager, CheckpointStrategy
 
     mgr = CheckpointManager(root, CheckpointStrategy(save_interval=1, max_checkpoints=2), async_save=True)
-    stalls, stats, busy_steps = [], [], []
+    trainer.checkpoints = mgr
+    stalls, stats, busy_steps, copy_waits = [], [], [], []
     prewarm_s, prewarm_steps = None, []
     if prewarm:
         prewarm_s = timed_save(lambda: mgr.prewarm(engine))  # the training thread's share: the dry run
         prewarm_steps = [trainer.train_step() for _ in range(PREWARM_STEPS)]
     for i in range(saves):
         trainer.train_step()
-        stalls.append(timed_save(lambda i=i: mgr.save_checkpoint(engine, step=200 + i, rank_state={"i": i})))
+        call = timed_save(
+            lambda i=i: mgr.save_checkpoint(engine, step=200 + i, rank_state={"i": i}, copy_in_background=copy_later)
+        )
+        busy_steps.append(trainer.train_step())  # its optimizer step waits for the copy, if still running
+        copy_waits.append(slowest(trainer.last_copy_wait_s))
+        stalls.append(call + copy_waits[-1])
         while True:  # train until some rank sees the save finished; the others then wait for it (a step at most)
-            busy_steps.append(trainer.train_step())
             done = mgr.poll()
             if agree(bool(done)):
                 stats += done or mgr.wait()
                 break
+            busy_steps.append(trainer.train_step())
         settle()
     idle: list[dict[str, Any]] = []
     if idle_write:
@@ -271,10 +293,11 @@ def seo_async(engine: Any, root: Path, trainer: Trainer, saves: int, idle_write:
         mgr.save_checkpoint(engine, step=300, rank_state={"idle": True})
         idle = mgr.wait()
         settle()
+    trainer.checkpoints = None
     mgr.close()
     remove(root)
-    return {"stall_s": stalls, "stats": stats, "busy_step_s": busy_steps, "idle_stats": idle,
-            "prewarm_s": prewarm_s, "prewarm_step_s": prewarm_steps}  # fmt: skip
+    return {"stall_s": stalls, "copy_wait_s": copy_waits, "stats": stats, "busy_step_s": busy_steps,
+            "idle_stats": idle, "prewarm_s": prewarm_s, "prewarm_step_s": prewarm_steps}  # fmt: skip
 
 
 def raw_write(folder: Path, nbytes: int) -> float:
@@ -324,9 +347,14 @@ def run_stage(args: argparse.Namespace, stage: int, workdir: Path, device: torch
     folder.mkdir(parents=True, exist_ok=True)
     ds = deepspeed_default(engine, default_engine, folder / "deepspeed", trainer, args.saves)
     sync = seo_sync(engine, folder / "seo_sync", trainer, args.saves)
-    asy = seo_async(
-        engine, folder / "seo_async", trainer, args.async_saves or args.saves, args.idle_write, not args.no_prewarm
+    saves = args.async_saves or args.saves
+    previous = (  # the path before prewarm and copy_in_background, for the record
+        seo_async(engine, folder / "seo_prev", trainer, saves, idle_write=False, prewarm=False, copy_later=False)
+        if args.compare_previous
+        else None
     )
+    asy = seo_async(engine, folder / "seo_async", trainer, saves, idle_write=args.idle_write,
+                    prewarm=not args.no_prewarm, copy_later=not args.no_copy_in_background)  # fmt: skip
     rank_bytes = max(s["rank_bytes"] for s in asy["stats"])
     raw_gbps = raw_write(folder, rank_bytes)
     if dist.is_rank_zero():
@@ -363,6 +391,13 @@ def run_stage(args: argparse.Namespace, stage: int, workdir: Path, device: torch
         "step_s_during_background_save": busy_step,
         "slowdown_pct": 100 * (busy_step - base_step) / base_step,
         "steps_during_background_saves": len(asy["busy_step_s"]),
+        "copy_in_background": not args.no_copy_in_background,
+        "seo_async_copy_wait_s": asy["copy_wait_s"],
+        "previous_async_stall_s": previous["stall_s"] if previous else None,
+        "previous_first_stall_vs_deepspeed": previous["stall_s"][0] / ds_stall if previous else None,
+        "previous_steady_stall_vs_deepspeed": statistics.median(previous["stall_s"][1:]) / ds_stall
+        if previous and len(previous["stall_s"]) > 1
+        else None,
         "prewarm": asy["prewarm_s"] is not None,
         "prewarm_call_s": asy["prewarm_s"],
         "step_s_while_prewarming": statistics.median(
@@ -403,7 +438,12 @@ def print_table(results: list[dict[str, Any]], header: str) -> None:
         print(
             f"{r['stage']:<5} {'seo_dist async':<22} {r['seo_async_steady_stall_s']:>15.3f} "
             f"{r['background_write_gbps_training']:>16.2f}  stall = {r['async_stall_vs_deepspeed']:.3f} x DeepSpeed "
-            f"(goal <= 0.1); saves after the first"
+            f"(goal <= 0.1); saves after the first; "
+            + (
+                f"copy in background, optimizer step waited {[round(x, 3) for x in r['seo_async_copy_wait_s']]} s"
+                if r["copy_in_background"]
+                else "copy in the save call"
+            )
         )
         first_note = (
             f"prewarmed ({r['first_save_allocated_bytes']} bytes left to allocate; dry run {r['prewarm_call_s']:.3f} s, "
@@ -415,6 +455,13 @@ def print_table(results: list[dict[str, Any]], header: str) -> None:
             f"{r['stage']:<5} {'  first async save':<22} {r['seo_async_first_stall_s']:>15.3f} {'':>16}  "
             f"{r['async_first_stall_vs_deepspeed']:.3f} x DeepSpeed: {first_note}"
         )
+        if r["previous_async_stall_s"]:
+            prev = r["previous_async_stall_s"]
+            print(
+                f"{r['stage']:<5} {'  before (same run)':<22} {statistics.median(prev[1:] or prev):>15.3f} {'':>16}  "
+                f"{r['previous_steady_stall_vs_deepspeed'] or 0:.3f} x DeepSpeed after the first, first save "
+                f"{prev[0]:.3f} s = {r['previous_first_stall_vs_deepspeed']:.3f} x (no prewarm, copy in the save call)"
+            )
         if r["background_write_gbps_idle"] is not None:
             print(
                 f"{r['stage']:<5} {'  background, idle loop':<22} {'':>15} {r['background_write_gbps_idle']:>16.2f}  "

@@ -200,6 +200,7 @@ class SEOTrainer:
                 epoch=self.loader.epoch,
                 rank_state={"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen},
                 blocking=True if final else None,
+                copy_in_background=self.job.checkpoint.copy_in_background and not final,
             )
         self.tracker.log_metrics({"ckpt/stall_s": time.perf_counter() - start}, step=self.step)
 
@@ -399,7 +400,16 @@ class SEOTrainer:
                 continue  # reported as a checkpoint_save_failed event (checkpoint.on_error=warn)
             metrics = {
                 f"ckpt/{k}": float(stats[k])
-                for k in ("stage_s", "staging_allocated_bytes", "write_s", "bytes", "write_gbps", "commit_s")
+                for k in (
+                    "stage_s",
+                    "staging_allocated_bytes",
+                    "copy_s",
+                    "copy_wait_s",
+                    "write_s",
+                    "bytes",
+                    "write_gbps",
+                    "commit_s",
+                )
                 if stats.get(k) is not None
             }
             self.tracker.log_metrics(metrics, step=self.step)  # at the current step: rows stay in step order

@@ -35,7 +35,7 @@ from seo_dist.checkpoint import CheckpointManager, CheckpointStrategy
 from seo_dist.checkpoint import commit as commit_module
 from seo_dist.checkpoint.deepspeed_backend import HashingCheckpointEngine
 from seo_dist.checkpoint.errors import CheckpointSaveError, IncompatibleCheckpointError
-from seo_dist.checkpoint.faults import DELAY_ENV, FAULT_ENV
+from seo_dist.checkpoint.faults import COPY_DELAY_ENV, DELAY_ENV, FAULT_ENV
 from seo_dist.checkpoint.index import read_latest
 from seo_dist.checkpoint.layout import checkpoint_name, staging_name
 
@@ -444,11 +444,52 @@ def async_exit_in_flight(out: Path, engine: Any, root: Path) -> None:
     write_json(out / f"exit_rank{dist.get_rank()}.json", {"in_flight": mgr.in_flight, "time": time.time()})
 
 
+COPY_DELAY_S = 1.5  # async_overlap: the background copy sleeps this long first
+
+
+def async_overlap(out: Path, engine: Any) -> None:
+    """copy_in_background: the save returns before its copy to host buffers is made (slowed down by
+    COPY_DELAY_ENV); the next step's forward and backward run meanwhile and its optimizer step waits for the copy;
+    the checkpoint holds the state at save time. A fresh engine loads it."""
+    stage = int(engine.zero_optimization_stage())
+    rank = dist.get_rank()
+    root = out / "overlap"
+    mgr = async_manager(root, [])
+    os.environ[COPY_DELAY_ENV] = str(COPY_DELAY_S)
+    start = time.perf_counter()
+    mgr.save_checkpoint(engine, step=20, rank_state={"data_step": 20}, copy_in_background=True)
+    returned_s = time.perf_counter() - start
+    copying = mgr.copy_in_flight
+    dump(out, "O20", snapshot(engine, stage))  # no optimizer step yet: the state at save time
+    g = torch.Generator().manual_seed(10_000 * 21 + rank)
+    data = torch.randint(VOCAB, (MB, SEQ + 1), generator=g)
+    engine.train()
+    engine.backward(engine(data[:, :-1], data[:, 1:]))
+    before_wait = time.perf_counter() - start
+    waited = mgr.wait_for_staging()
+    engine.step()
+    os.environ.pop(COPY_DELAY_ENV)
+    dump(out, "O21", snapshot(engine, stage))
+    stats = mgr.wait()
+    mgr.close()
+    fresh = build_engine(stage, seed=789)
+    loader = async_manager(root, [])
+    loader.load_checkpoint(root / checkpoint_name(20), fresh)
+    dump(out, "L20", snapshot(fresh, stage))
+    loader.close()
+    write_json(
+        out / f"overlap_rank{rank}.json",
+        {"returned_s": returned_s, "copying_at_return": copying, "forward_backward_done_s": before_wait,
+         "waited_s": waited, "stats": stats},
+    )  # fmt: skip
+
+
 def async_mode(out: Path, stages: list[int]) -> None:
     engine = root = events = None
     for stage in stages:
         engine, root, events = async_train_and_resume(out, stage)
     async_failures(out / f"async_zero{stages[-1]}", engine, root, events)
+    async_overlap(out / f"async_zero{stages[-1]}", engine)
     async_exit_in_flight(out / f"async_zero{stages[-1]}", engine, root)
 
 

@@ -42,6 +42,7 @@ JOB = Path(__file__).with_name("ckpt_job.py")
 REPO = Path(__file__).resolve().parents[1]
 STAGES = (2, 3)
 WRITE_DELAY_S = 1.0  # ckpt_job.WRITE_DELAY_S
+COPY_DELAY_S = 1.5  # ckpt_job.COPY_DELAY_S
 STAT_KEYS = ("step", "path", "stall_s", "stage_s", "write_s", "bytes", "write_gbps")
 
 
@@ -178,6 +179,26 @@ def test_prewarmed_staging_buffers_leave_the_first_save_nothing_to_allocate(run,
         assert background[0]["staged_bytes"] > 20_000  # the model and optimizer shards
         assert [s["staging_allocated_bytes"] for s in background] == [0, 0, 0], background
         assert background[0]["staging_buffer_bytes"] >= background[0]["staged_bytes"]
+
+
+def test_copy_in_background_returns_first_and_the_optimizer_step_waits_for_the_copy(run):
+    """ZeRO-3: the save returned while its copy (slowed by 1.5 s) had not started; forward and backward ran, the
+    optimizer step waited for the copy; the checkpoint holds the state at save time, not after that step."""
+    folder = stage_dir(run, STAGES[-1])
+    for rank in (0, 1):
+        res = rank_json(folder, "overlap", rank)
+        assert res["copying_at_return"] is True and res["returned_s"] < COPY_DELAY_S / 2, res
+        assert res["forward_backward_done_s"] < COPY_DELAY_S and res["waited_s"] > 0.1, res
+        (save,) = res["stats"]
+        assert save["error"] is None and save["copy_s"] >= COPY_DELAY_S
+        assert save["copy_wait_s"] == pytest.approx(res["waited_s"], abs=1e-3)
+        at_save, loaded = load(folder / f"O20_rank{rank}.pt"), load(folder / f"L20_rank{rank}.pt")
+        for key in ("module", "optimizer", "lr_scheduler"):
+            assert_same_state(at_save[key], loaded[key], f"overlap rank{rank} {key}")
+        after = load(folder / f"O21_rank{rank}.pt")
+        assert not all(torch.equal(at_save["module"][k], after["module"][k]) for k in at_save["module"])
+    report = verify_checkpoint(folder / "overlap" / checkpoint_name(20))
+    assert report.ok, report.summary()
 
 
 @pytest.mark.parametrize("stage", STAGES)

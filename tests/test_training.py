@@ -171,6 +171,8 @@ def test_default_job_leaves_a_complete_experiment(default_run):
 
     allocated = [(r["step"], r["ckpt/staging_allocated_bytes"]) for r in rows if "ckpt/staging_allocated_bytes" in r]
     assert allocated and all(n == 0 for _, n in allocated), allocated  # buffers made after step 1, in the background
+    copied = [r["step"] for r in rows if "ckpt/copy_s" in r and "ckpt/copy_wait_s" in r]
+    assert copied == [step for step, _ in allocated]  # checkpoint.copy_in_background: copied during the next step
 
     ckpts = exp / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_00000150"

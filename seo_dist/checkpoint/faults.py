@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 FAULT_ENV = "SEO_DIST_CKPT_FAULT"
 DELAY_ENV = "SEO_DIST_CKPT_WRITE_DELAY_S"
+COPY_DELAY_ENV = "SEO_DIST_CKPT_COPY_DELAY_S"
+"""Seconds the background staging copy sleeps first (tests: the optimizer step must wait for it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,5 +70,11 @@ def write_fault(relpath: str) -> WriteFault | None:
 
 def delay_before_write() -> None:
     seconds = os.environ.get(DELAY_ENV)
+    if seconds:
+        time.sleep(float(seconds))
+
+
+def delay_before_copy() -> None:
+    seconds = os.environ.get(COPY_DELAY_ENV)
     if seconds:
         time.sleep(float(seconds))

@@ -247,6 +247,7 @@ class CheckpointManager:
         epoch: int = 0,
         rank_state: object = None,
         blocking: bool | None = None,
+        copy_in_background: bool = False,
     ) -> Path | None:
         """Save a checkpoint of ``step`` (collective). Returns its folder (``None`` if it failed with ``on_error="warn"``).
 
@@ -261,6 +262,11 @@ class CheckpointManager:
         folder is committed later, and :meth:`poll` / :meth:`wait` report it. Either way a previous save still
         in flight is finished first (at most one in flight), and its failure is raised here.
 
+        ``copy_in_background`` (background saves): return before the state is even copied to host buffers; the
+        copy runs on a thread of its own while the caller goes on (the next step's forward and backward). The
+        caller must call :meth:`wait_for_staging` before anything changes the saved state, i.e. before the next
+        optimizer step (``engine.step()`` at a gradient-accumulation boundary); the trainer does.
+
         A failed save raises :class:`~.errors.CheckpointSaveError` on every rank (``on_error="raise"``);
         nothing is then committed and ``latest`` is unchanged.
         """
@@ -274,7 +280,19 @@ class CheckpointManager:
         self._saves.raise_pending()
         request = SaveRequest(step=step, epoch=epoch, metrics=metrics, rank_state=rank_state)
         background = self.async_save if blocking is None else not blocking
-        return self._saves.save(backend, request, background=background, entered=entered)
+        return self._saves.save(
+            backend, request, background=background, entered=entered, copy_in_background=copy_in_background
+        )
+
+    @property
+    def copy_in_flight(self) -> bool:
+        """True while the state of a ``copy_in_background`` save is still being copied to host buffers."""
+        return self._saves.stager.copying
+
+    def wait_for_staging(self) -> float:
+        """Wait until the state of a ``copy_in_background`` save is copied (microseconds when it is, or when there
+        is none: call it before every optimizer step). Seconds waited, also reported as that save's ``copy_wait_s``."""
+        return self._saves.wait_for_staging()
 
     def prewarm(
         self,
@@ -306,7 +324,9 @@ class CheckpointManager:
 
         Each dict: ``step``, ``path``, ``async``, ``stall_s`` (training blocked in ``save_checkpoint``,
         including ``wait_s`` for the previous save), ``stage_s`` (copy to host buffers), ``staging_allocated_bytes``
-        (host buffers this save had to allocate: 0 once :meth:`prewarm` or an earlier save made them), ``write_s`` (this
+        (host buffers this save had to allocate: 0 once :meth:`prewarm` or an earlier save made them),
+        ``copy_s`` and ``copy_wait_s`` (``copy_in_background``: the copy's duration, and how long
+        :meth:`wait_for_staging` blocked for it), ``write_s`` (this
         rank's write + hash + fsync), ``rank_bytes``, ``write_gbps`` (this rank's rate), ``bytes`` (the whole
         checkpoint, all ranks), ``commit_s``, ``total_s``, and ``error`` (None, or why it failed).
 

@@ -137,6 +137,8 @@ class SavePipeline:
         self.writer = writer
         self.stager = HostStager(pin_memory=pin_memory)
         self.last_save: SaveStats | None = None
+        self._copying: SaveStats | None = None
+        """The stats of the save whose background copy the training thread has not waited for yet."""
         self.finished: list[SaveStats] = []
         self.pending_error: CheckpointSaveError | PeersLostAfterCommit | None = None
 
@@ -160,7 +162,13 @@ class SavePipeline:
         )
 
     def save(
-        self, backend: CheckpointBackend, request: SaveRequest, *, background: bool, entered: float
+        self,
+        backend: CheckpointBackend,
+        request: SaveRequest,
+        *,
+        background: bool,
+        entered: float,
+        copy_in_background: bool = False,
     ) -> Path | None:
         """Save now or in the background (the caller has collected the previous save); ``entered`` is when the
         caller started waiting for it. A :class:`~.errors.CheckpointSaveError` is raised (``on_error="raise"``)
@@ -174,7 +182,7 @@ class SavePipeline:
         }
         try:
             if background:
-                path = self._save_in_background(backend, request, stats, entered)
+                path = self._save_in_background(backend, request, stats, entered, copy_in_background)
             else:
                 path = self._save_now(backend, request, stats, entered)
         except CheckpointSaveError as e:
@@ -201,21 +209,28 @@ class SavePipeline:
         return path
 
     def _save_in_background(
-        self, backend: CheckpointBackend, request: SaveRequest, stats: SaveStats, start: float
+        self, backend: CheckpointBackend, request: SaveRequest, stats: SaveStats, start: float, copy_later: bool
     ) -> Path:
-        """Stage on this thread (the backend's save, with every file copied to host buffers), then hand the
-        write and the commit to the writer thread."""
+        """Stage on this thread (the backend's save, with every file copied to host buffers, or with the copies
+        queued for a background thread when ``copy_later``), then hand the write and the commit to the writer
+        thread."""
         self.group.ensure_own()
         staging = self._prepare(backend, request.step)
         self.stager.wait_prewarmed()  # normally long done: started before the first step
         allocated_before = self.stager.allocated_bytes
         stage_start = time.perf_counter()
-        files, errors = backend.stage(self.root, staging, self.stager)
-        try:  # RNG state now, not when the write runs
-            files.append(self.stager.stage(rank_state_file(dist.get_rank()), _rank_file(request)))
-        except Exception as e:  # noqa: BLE001 - fails the commit on every rank
-            errors.append(error_line(e))
-        self.stager.synchronize()
+        with self.stager.deferring(copy_later):
+            files, errors = backend.stage(self.root, staging, self.stager)
+            try:  # RNG state now, not when the write runs
+                files.append(self.stager.stage(rank_state_file(dist.get_rank()), _rank_file(request)))
+            except Exception as e:  # noqa: BLE001 - fails the commit on every rank
+                errors.append(error_line(e))
+        if copy_later:
+            self.stager.start_copies()
+            stats["copy_wait_s"] = 0.0  # added to by wait_for_staging
+            self._copying = stats
+        else:
+            self.stager.synchronize()
         stats.update(
             stage_s=time.perf_counter() - stage_start,
             staged_bytes=sum(f.nbytes for f in files),
@@ -229,6 +244,11 @@ class SavePipeline:
         def write_and_commit(st: SaveStats) -> None:
             """Writer thread: write the staged files (unless staging failed), then the collective commit."""
             write_start = time.perf_counter()
+            if copy_later:
+                self.stager.wait_copied(device=True)
+                st["copy_s"] = self.stager.copy_s
+                if (copy_error := self.stager.take_copy_error()) is not None:
+                    errors.append(f"copy to host buffers: {error_line(copy_error)}")
             records, write_errors = write_staged(files, staging, self.hash_algorithm) if not errors else ([], [])
             if not errors and dist.is_rank_zero():
                 more, more_errors = write_run_files(self.run_files, staging, self.hash_algorithm)
@@ -242,6 +262,19 @@ class SavePipeline:
 
         self.writer.submit(write_and_commit, stats)
         return self.root / checkpoint_name(request.step)
+
+    def wait_for_staging(self) -> float:
+        """Block until the background copy of the last save (``copy_in_background``) is done; seconds waited,
+        also added to that save's ``copy_wait_s``. Cheap when there is none: call it before every optimizer step."""
+        stats = self._copying
+        if stats is None:
+            return 0.0
+        waited = self.stager.wait_copied()
+        self.stager.order_device_work()
+        stats["copy_wait_s"] = stats.get("copy_wait_s", 0.0) + waited
+        if not self.stager.copying:
+            self._copying = None
+        return waited
 
     def _prepare(self, backend: CheckpointBackend, step: int) -> Path:
         """Collective: disk check (prune or fail), sweep once, create the staging folder; returns it."""

@@ -17,6 +17,11 @@ snapshot that a background write needs:
   save records the buffers it would need without copying anything, and a background thread then allocates
   them and touches every page (the first-touch page faults cost ~0.7 s/GB on the machines measured, on the
   training thread otherwise); the next :meth:`HostStager.stage` waits for that thread, if still running.
+* nor the copy, when the caller can say when the state changes next: inside :meth:`HostStager.deferring` the
+  copies of CPU storages are queued and :meth:`HostStager.start_copies` runs them on a background thread
+  (CUDA copies are asynchronous already; an event marks their end), while the next step's forward and backward
+  run; the caller calls :meth:`HostStager.wait_copied` before anything changes the staged state (the
+  optimizer step), as torchtitan waits for its staging before ``optimizers.step()``.
 
 :meth:`StagedFile.materialize` rebuilds the object on the staged buffers (no copy) for ``torch.save``.
 Nothing here knows about DeepSpeed: any engine that can hand over "file name + object" pairs can stage.
@@ -28,12 +33,15 @@ import io
 import logging
 import pickle
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from seo_dist.checkpoint import faults
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +91,13 @@ class HostStager:
         self._plan: dict[tuple[str, int], tuple[int, bool]] | None = None
         self._prewarm: threading.Thread | None = None
         self._prewarm_error: BaseException | None = None
+        self._defer = False
+        self._queued: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._copier: threading.Thread | None = None
+        self._copy_error: BaseException | None = None
+        self._cuda_done: Any = None  # a torch.cuda.Event after the queued device-to-host copies
+        self.copy_s = 0.0
+        """How long the last background copy took (:meth:`start_copies`)."""
 
     @property
     def pool_bytes(self) -> int:
@@ -112,6 +127,70 @@ class HostStager:
             )
             self._prewarm.start()
 
+    @contextmanager
+    def deferring(self, defer: bool = True) -> Iterator[None]:
+        """Within the block (when ``defer``) :meth:`stage` queues the copies of CPU storages instead of making
+        them; :meth:`start_copies` then runs them in the background."""
+        self.wait_copied()  # the buffers of the previous save are about to be reused
+        self._defer = defer
+        try:
+            yield
+        finally:
+            self._defer = False
+
+    def start_copies(self) -> None:
+        """Run the queued copies on a background thread (and mark the end of the CUDA copies issued so far);
+        returns at once. :meth:`wait_copied` waits for both."""
+        if self._pending_cuda:
+            self._cuda_done = torch.cuda.Event()
+            self._cuda_done.record()
+            self._pending_cuda = False
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+
+        def copy() -> None:
+            start = time.perf_counter()
+            try:
+                faults.delay_before_copy()
+                for dst, src in queued:
+                    dst.copy_(src)
+            except BaseException as e:  # noqa: BLE001 - reported by the writer, which fails the save
+                self._copy_error = e
+            finally:
+                self.copy_s = time.perf_counter() - start
+
+        self.copy_s = 0.0
+        self._copier = threading.Thread(target=copy, name="seo-dist-ckpt-copy", daemon=True)
+        self._copier.start()
+
+    @property
+    def copying(self) -> bool:
+        """True while a background copy (:meth:`start_copies`) is running."""
+        return self._copier is not None and self._copier.is_alive()
+
+    def wait_copied(self, *, device: bool = False) -> float:
+        """Wait for the background copy (a no-op when none runs); seconds waited. ``device``: also wait on the
+        host for the CUDA copies (the writer needs the bytes; the training thread needs only stream order,
+        which :meth:`order_device_work` gives without blocking)."""
+        start = time.perf_counter()
+        copier = self._copier
+        if copier is not None:
+            copier.join()
+        if device and self._cuda_done is not None:
+            self._cuda_done.synchronize()
+        return time.perf_counter() - start
+
+    def order_device_work(self) -> None:
+        """Make the current CUDA stream wait for the staging copies (nothing blocks on the host)."""
+        if self._cuda_done is not None:
+            torch.cuda.current_stream().wait_event(self._cuda_done)
+
+    def take_copy_error(self) -> BaseException | None:
+        """The error of the last background copy, once."""
+        error, self._copy_error = self._copy_error, None
+        return error
+
     def wait_prewarmed(self) -> None:
         """Wait for the buffers :meth:`planning` is allocating (a no-op when none are)."""
         if self._prewarm is not None:
@@ -138,6 +217,8 @@ class HostStager:
         :meth:`synchronize`). Inside :meth:`planning`, records what it would copy and copies nothing."""
         if self._plan is None:
             self.wait_prewarmed()
+            if not self._defer:
+                self.wait_copied()
         staged: dict[int, torch.UntypedStorage] = {}
         keys: dict[int, int] = {}  # source storage (torch.save's key: the C++ storage) -> staged key
         copied = 0
@@ -173,6 +254,7 @@ class HostStager:
     def release(self) -> None:
         """Free every buffer (the next save allocates again)."""
         self.wait_prewarmed()
+        self.wait_copied(device=True)
         self.synchronize()
         self._pool.clear()
 
@@ -198,8 +280,11 @@ class HostStager:
         if nbytes:
             dst = torch.empty(0, dtype=torch.uint8).set_(target)
             src = torch.empty(0, dtype=torch.uint8, device=source.device).set_(source)
-            dst.copy_(src, non_blocking=pinned)
-            self._pending_cuda = self._pending_cuda or on_cuda
+            if self._defer and not on_cuda:
+                self._queued.append((dst, src))  # src keeps the source storage alive until copied
+            else:
+                dst.copy_(src, non_blocking=pinned)
+                self._pending_cuda = self._pending_cuda or on_cuda
         return target
 
     def _allocate(self, nbytes: int, pinned: bool) -> torch.UntypedStorage:

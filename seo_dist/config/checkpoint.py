@@ -94,6 +94,8 @@ class CheckpointConfig:
     """Save (synchronously) when training ends or is interrupted."""
     async_save: Bool = True
     """Stage to host memory, write/hash/commit in the background."""
+    copy_in_background: Bool = True
+    """With ``async_save``: copy to host memory on a thread while the next step's forward and backward run (its optimizer step waits for the copy)."""
     keep_last: Annotated[Int, Ge(2)] = 3
     """Newest checkpoints always kept; a crash during a save must leave a committed one."""
     keep_best: Annotated[Int, Ge(0)] = 1

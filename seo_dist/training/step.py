@@ -112,6 +112,8 @@ class TrainStep:
                 with prof.phase("backward"):
                     engine.backward(loss)
                 with prof.phase("optimizer"):
+                    if self.checkpoints is not None and engine.is_gradient_accumulation_boundary():
+                        self.checkpoints.wait_for_staging()  # a save's copy to host buffers must finish first
                     engine.step()
             micro += 1
         if self._overflow_flag and getattr(engine.optimizer, "overflow", False):
