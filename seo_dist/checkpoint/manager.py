@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from seo_dist import dist
 from seo_dist.checkpoint.async_save import BackgroundWriter, CommitGroup
-from seo_dist.checkpoint.backend import select_backend
+from seo_dist.checkpoint.backend import CheckpointBackend, select_backend
 from seo_dist.checkpoint.events import EventFn, EventRelay
 from seo_dist.checkpoint.hashing import ALGORITHMS
 from seo_dist.checkpoint.index import scan_checkpoints
@@ -236,6 +236,20 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ save
 
+    def _backend(
+        self,
+        model_or_engine: torch.nn.Module | None,
+        optimizer: Stateful | None,
+        scheduler: Stateful | None,
+        caller: str,
+    ) -> CheckpointBackend:
+        backend = select_backend(
+            model_or_engine, optimizer, scheduler, hash_algorithm=self.hash_algorithm, signing_key=self.signing_key
+        )
+        if backend is None:
+            raise ValueError(f"{caller} needs the model or DeepSpeed engine to save")
+        return backend
+
     def save_checkpoint(
         self,
         model_or_engine: torch.nn.Module | None,
@@ -270,11 +284,7 @@ class CheckpointManager:
         A failed save raises :class:`~.errors.CheckpointSaveError` on every rank (``on_error="raise"``);
         nothing is then committed and ``latest`` is unchanged.
         """
-        backend = select_backend(
-            model_or_engine, optimizer, scheduler, hash_algorithm=self.hash_algorithm, signing_key=self.signing_key
-        )
-        if backend is None:
-            raise ValueError("save_checkpoint needs the model or DeepSpeed engine to save")
+        backend = self._backend(model_or_engine, optimizer, scheduler, "save_checkpoint")
         entered = time.perf_counter()
         self._saves.collect(block=True)
         self._saves.raise_pending()
@@ -311,11 +321,7 @@ class CheckpointManager:
         would have held them anyway."""
         if not self.async_save:
             return
-        backend = select_backend(
-            model_or_engine, optimizer, scheduler, hash_algorithm=self.hash_algorithm, signing_key=self.signing_key
-        )
-        if backend is None:
-            raise ValueError("prewarm needs the model or DeepSpeed engine that will be saved")
+        backend = self._backend(model_or_engine, optimizer, scheduler, "prewarm")
         self._saves.prewarm(backend)
 
     def poll(self, *, raise_errors: bool = True) -> list[SaveStats]:
