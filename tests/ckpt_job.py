@@ -456,19 +456,21 @@ def async_overlap(out: Path, engine: Any) -> None:
     root = out / "overlap"
     mgr = async_manager(root, [])
     os.environ[COPY_DELAY_ENV] = str(COPY_DELAY_S)
-    start = time.perf_counter()
-    mgr.save_checkpoint(engine, step=20, rank_state={"data_step": 20}, copy_in_background=True)
-    returned_s = time.perf_counter() - start
-    copying = mgr.copy_in_flight
-    dump(out, "O20", snapshot(engine, stage))  # no optimizer step yet: the state at save time
-    g = torch.Generator().manual_seed(10_000 * 21 + rank)
-    data = torch.randint(VOCAB, (MB, SEQ + 1), generator=g)
-    engine.train()
-    engine.backward(engine(data[:, :-1], data[:, 1:]))
-    before_wait = time.perf_counter() - start
-    waited = mgr.wait_for_staging()
-    engine.step()
-    os.environ.pop(COPY_DELAY_ENV)
+    try:
+        start = time.perf_counter()
+        mgr.save_checkpoint(engine, step=20, rank_state={"data_step": 20}, copy_in_background=True)
+        returned_s = time.perf_counter() - start
+        copying = mgr.copy_in_flight
+        dump(out, "O20", snapshot(engine, stage))  # no optimizer step yet: the state at save time
+        g = torch.Generator().manual_seed(10_000 * 21 + rank)
+        data = torch.randint(VOCAB, (MB, SEQ + 1), generator=g)
+        engine.train()
+        engine.backward(engine(data[:, :-1], data[:, 1:]))
+        before_wait = time.perf_counter() - start
+        waited = mgr.wait_for_staging()
+        engine.step()
+    finally:
+        os.environ.pop(COPY_DELAY_ENV)
     dump(out, "O21", snapshot(engine, stage))
     stats = mgr.wait()
     mgr.close()

@@ -116,14 +116,18 @@ def run_job(
     extra: list[str] = (),
     timeout: float = 300,
     name: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> JobRun:
-    """Run one training job in a subprocess; experiments go under ``tmp/experiments``."""
+    """Run one training job in a subprocess; experiments go under ``tmp/experiments``; ``env`` is added to the
+    job's environment."""
     base = tmp / "experiments"
     sets = [f"experiment.base_dir={base}", *overrides]
     if name:
         sets.append(f"experiment.experiment_id={name}")
     cmd = [*launcher_cmd(launcher, nproc), "--config", str(CONFIGS / config), "--set", *sets, *extra]
-    proc = subprocess.run(cmd, cwd=tmp, env=job_env(cache), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=tmp, env={**job_env(cache), **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     return JobRun(proc=proc, base_dir=base)
 
 

@@ -12,6 +12,8 @@ import time
 import pytest
 from conftest import BIN, CONFIGS, FAST, PYTHON, JobRun, free_port, job_env, read_jsonl, run_job
 
+from seo_dist.checkpoint.faults import COPY_DELAY_ENV
+
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory, cache_dir) -> JobRun:
@@ -24,6 +26,9 @@ def default_run(tmp_path_factory, cache_dir) -> JobRun:
     return run
 
 
+COPY_DELAY_S = 0.5
+
+
 def _single_rank_run(tmp_path_factory, cache_dir, stage: int) -> JobRun:
     tmp = tmp_path_factory.mktemp(f"one_rank_z{stage}")
     run = run_job(
@@ -32,7 +37,15 @@ def _single_rank_run(tmp_path_factory, cache_dir, stage: int) -> JobRun:
         launcher="python",
         nproc=1,
         name=f"z{stage}",
-        overrides=[*FAST, f"deepspeed.zero_optimization.stage={stage}"],
+        # background saves at 6 and 12 whose copy to host buffers is slowed down: the optimizer step after each
+        # must wait for it (checkpoint.copy_in_background), also with gradient accumulation
+        overrides=[
+            *FAST,
+            f"deepspeed.zero_optimization.stage={stage}",
+            "checkpoint.save_interval=6",
+            "train.grad_accum=2",
+        ],  # fmt: skip
+        env={COPY_DELAY_ENV: str(COPY_DELAY_S)},
     )
     assert run.proc.returncode == 0, run.output[-6000:]
     return run
@@ -132,6 +145,16 @@ def test_one_rank_metrics_are_logged(one_rank_run):
     rows = read_jsonl(one_rank_run.exp_dirs()[0] / "metrics" / "metrics.jsonl")
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_the_optimizer_step_after_a_background_save_waits_for_its_copy(one_rank_run):
+    """The copy of the saves at 6 and 12 sleeps COPY_DELAY_S first; the next step's forward and backward take
+    less, so its optimizer step (TrainStep) must have waited for the rest."""
+    rows = read_jsonl(one_rank_run.exp_dirs()[0] / "metrics" / "metrics.jsonl")
+    waits = {r["step"]: r["ckpt/copy_wait_s"] for r in rows if "ckpt/copy_wait_s" in r}
+    assert len(waits) == 2 and all(w > 0.05 for w in waits.values()), waits  # without the wait: ~0
+    copies = [r["ckpt/copy_s"] for r in rows if "ckpt/copy_s" in r]
+    assert len(copies) == 2 and min(copies) >= COPY_DELAY_S, copies
 
 
 def test_python_entry_unknown_flag_is_usage_error(tmp_path, cache_dir):

@@ -149,6 +149,11 @@ class DeepSpeedBackend:
         reshards it), else None."""
 
     @property
+    def copies_files_on_save(self) -> bool:
+        """DeepSpeed's save copies the NVMe swap folder of an offloaded optimizer into the checkpoint."""
+        return bool(self.engine.zero_nvme_offload_optimizer())
+
+    @property
     def zero_stage(self) -> int:
         return int(self.engine.zero_optimization_stage())
 

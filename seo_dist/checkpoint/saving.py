@@ -148,6 +148,8 @@ class SavePipeline:
         """Collective (the backend's staging is): a dry run of a background save's staging into a scratch folder
         that copies nothing and records the host buffers a save needs; a background thread then allocates them
         and touches their pages, so that the first save stalls no longer than the next ones."""
+        if getattr(backend, "copies_files_on_save", False):
+            return  # its save copies files of its own (NVMe offload): a dry run would copy them too
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="seo-dist-prewarm-") as scratch:
             folder = Path(scratch) / "prewarm"
@@ -245,9 +247,13 @@ class SavePipeline:
             """Writer thread: write the staged files (unless staging failed), then the collective commit."""
             write_start = time.perf_counter()
             if copy_later:
-                self.stager.wait_copied(device=True)
+                try:  # an error here must still reach the commit below, or the other ranks wait there for this one
+                    self.stager.wait_copied(device=True)
+                    copy_error = self.stager.take_copy_error()
+                except Exception as e:  # noqa: BLE001 - e.g. a failed CUDA event synchronisation
+                    copy_error = e
                 st["copy_s"] = self.stager.copy_s
-                if (copy_error := self.stager.take_copy_error()) is not None:
+                if copy_error is not None:
                     errors.append(f"copy to host buffers: {error_line(copy_error)}")
             records, write_errors = write_staged(files, staging, self.hash_algorithm) if not errors else ([], [])
             if not errors and dist.is_rank_zero():

@@ -135,12 +135,16 @@ class HostStager:
         self._defer = defer
         try:
             yield
+        except BaseException:
+            self._queued.clear()  # a failed staging: nothing of it is to be copied (nor kept alive)
+            raise
         finally:
             self._defer = False
 
     def start_copies(self) -> None:
         """Run the queued copies on a background thread (and mark the end of the CUDA copies issued so far);
         returns at once. :meth:`wait_copied` waits for both."""
+        self.copy_s = 0.0  # the host-side copy time of this save (CUDA copies run on the stream, not counted)
         if self._pending_cuda:
             self._cuda_done = torch.cuda.Event()
             self._cuda_done.record()
@@ -160,7 +164,6 @@ class HostStager:
             finally:
                 self.copy_s = time.perf_counter() - start
 
-        self.copy_s = 0.0
         self._copier = threading.Thread(target=copy, name="seo-dist-ckpt-copy", daemon=True)
         self._copier.start()
 

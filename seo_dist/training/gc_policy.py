@@ -32,12 +32,15 @@ class ScheduledGC:
         self.seconds = 0.0
         """Time spent in the scheduled collections (the start-up one excluded)."""
         self._was_enabled = gc.isenabled()
+        self._froze = False
 
     def __enter__(self) -> ScheduledGC:
         if self.interval:
             self._was_enabled = gc.isenabled()
             gc.collect()
-            gc.freeze()
+            if gc.get_freeze_count() == 0:  # objects someone else froze stay theirs to unfreeze
+                gc.freeze()
+                self._froze = True
             gc.disable()
         return self
 
@@ -54,7 +57,9 @@ class ScheduledGC:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self.interval:
-            gc.unfreeze()
+            if self._froze:
+                gc.unfreeze()
+                self._froze = False
             if self._was_enabled:
                 gc.enable()
             log.debug("scheduled GC: %d collections, %.3f s", self.collections, self.seconds)

@@ -112,8 +112,10 @@ class TrainStep:
                 with prof.phase("backward"):
                     engine.backward(loss)
                 with prof.phase("optimizer"):
-                    if self.checkpoints is not None and engine.is_gradient_accumulation_boundary():
-                        self.checkpoints.wait_for_staging()  # a save's copy to host buffers must finish first
+                    if self.checkpoints is not None:  # a save's copy to host buffers must finish first
+                        # before every engine.step(), not only where seo_dist counts a boundary: DeepSpeed decides
+                        # when it updates (managed_gradient_accumulation: false, ZenFlow); microseconds when idle
+                        self.checkpoints.wait_for_staging()
                     engine.step()
             micro += 1
         if self._overflow_flag and getattr(engine.optimizer, "overflow", False):
