@@ -36,6 +36,12 @@ class CheckpointBackend(Protocol):
         """Recorded as the manifest's ``zero_stage`` (0 for a plain torch model)."""
         ...
 
+    @property
+    def copies_files_on_save(self) -> bool:
+        """The save also copies files of the engine's own (DeepSpeed's NVMe swap folder); a staging dry run
+        (``SavePipeline.prewarm``) would copy them too, so none is made."""
+        ...
+
     def estimate_bytes(self) -> int:
         """All ranks' files of one save together, for the disk-space check before the first save."""
         ...

@@ -148,8 +148,8 @@ class SavePipeline:
         """Collective (the backend's staging is): a dry run of a background save's staging into a scratch folder
         that copies nothing and records the host buffers a save needs; a background thread then allocates them
         and touches their pages, so that the first save stalls no longer than the next ones."""
-        if getattr(backend, "copies_files_on_save", False):
-            return  # its save copies files of its own (NVMe offload): a dry run would copy them too
+        if backend.copies_files_on_save:
+            return
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="seo-dist-prewarm-") as scratch:
             folder = Path(scratch) / "prewarm"
@@ -277,7 +277,7 @@ class SavePipeline:
             return 0.0
         waited = self.stager.wait_copied()
         self.stager.order_device_work()
-        stats["copy_wait_s"] = stats.get("copy_wait_s", 0.0) + waited
+        stats["copy_wait_s"] += waited
         if not self.stager.copying:
             self._copying = None
         return waited

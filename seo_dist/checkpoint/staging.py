@@ -131,7 +131,6 @@ class HostStager:
     def deferring(self, defer: bool = True) -> Iterator[None]:
         """Within the block (when ``defer``) :meth:`stage` queues the copies of CPU storages instead of making
         them; :meth:`start_copies` then runs them in the background."""
-        self.wait_copied()  # the buffers of the previous save are about to be reused
         self._defer = defer
         try:
             yield
@@ -218,10 +217,9 @@ class HostStager:
     def stage(self, relpath: str, obj: Any) -> StagedFile:
         """Snapshot ``obj`` (what would be saved as ``relpath``); returns before CUDA copies finish (see
         :meth:`synchronize`). Inside :meth:`planning`, records what it would copy and copies nothing."""
-        if self._plan is None:
+        if self._plan is None:  # the buffers of the previous save are about to be reused
             self.wait_prewarmed()
-            if not self._defer:
-                self.wait_copied()
+            self.wait_copied()
         staged: dict[int, torch.UntypedStorage] = {}
         keys: dict[int, int] = {}  # source storage (torch.save's key: the C++ storage) -> staged key
         copied = 0

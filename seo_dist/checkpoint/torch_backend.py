@@ -40,6 +40,7 @@ class TorchModuleBackend:
     """Saves and loads a model, its optimizer and its scheduler (each optional) as one file, written by rank 0."""
 
     engine_name = "torch"
+    copies_files_on_save = False
     zero_stage = 0
 
     def __init__(
